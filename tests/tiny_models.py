@@ -1,0 +1,47 @@
+"""Small randomly initialised models of every supported architecture, for fast tests."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+VOCAB = 128
+
+
+def tiny_config(model_type: str, vocab_size: int = VOCAB):
+    common = dict(vocab_size=vocab_size)
+    if model_type == "gpt2":
+        return transformers.GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=64, **common)
+    if model_type == "gpt_neo":
+        return transformers.GPTNeoConfig(
+            hidden_size=32, num_layers=4, num_heads=4, max_position_embeddings=64, window_size=8,
+            attention_types=[[["global", "local"], 2]], **common,
+        )
+    if model_type == "gpt_neox":
+        return transformers.GPTNeoXConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+            max_position_embeddings=64, **common,
+        )
+    if model_type == "opt":
+        return transformers.OPTConfig(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=4, ffn_dim=96, max_position_embeddings=64,
+            word_embed_proj_dim=32, **common,
+        )
+    gated = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, **common)
+    classes = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+               "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}
+    return classes[model_type](**gated)
+
+
+def tiny_model(model_type: str, seed: int = 0, vocab_size: int = VOCAB):
+    """A tiny model whose biases and norms are random too, so a test sees every parameter's effect."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(model_type, vocab_size))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.5)
+            else:
+                parameter.mul_(1 + 0.1 * torch.randn_like(parameter))
+    return model.eval()
