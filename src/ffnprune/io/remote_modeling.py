@@ -10,6 +10,7 @@ loads the model where ffnprune is not installed. It must therefore import nothin
 """
 
 import functools
+import warnings
 
 import torch
 from torch import nn
@@ -26,13 +27,15 @@ class PrunedConv1D(Conv1D):
 
 def new_projection(layout, in_features, out_features, like):
     """An uninitialised projection of the given shape, on `like`'s device and dtype, with a bias if `like` has one."""
-    if layout == "conv1d":
-        projection = PrunedConv1D(out_features, in_features)
-        return projection.to(device=like.weight.device, dtype=like.weight.dtype)
-    return nn.utils.skip_init(
-        nn.Linear, in_features, out_features, bias=like.bias is not None,
-        device=like.weight.device, dtype=like.weight.dtype,
-    )
+    with warnings.catch_warnings():  # a layer that keeps no neuron is intended
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        if layout == "conv1d":
+            projection = PrunedConv1D(out_features, in_features)
+            return projection.to(device=like.weight.device, dtype=like.weight.dtype)
+        return nn.utils.skip_init(
+            nn.Linear, in_features, out_features, bias=like.bias is not None,
+            device=like.weight.device, dtype=like.weight.dtype,
+        )
 
 
 def projection_features(layout, projection):

@@ -1,0 +1,1 @@
+"""Task data: where the offline files live and how each task reads them."""

@@ -1,0 +1,101 @@
+"""The `ffnprune` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ffnprune.cli.options import add_config_arguments, config_from_args
+from ffnprune.config import DemoConfig, PruneConfig
+from ffnprune.errors import FfnpruneError
+
+
+def _info(args) -> None:
+    from ffnprune.analysis.footprint import footprint, format_widths
+    from ffnprune.models import load_model
+
+    loaded = load_model(args.model)
+    size = footprint(loaded.model, loaded.adapter, args.context)
+    if args.json:
+        print(json.dumps({"model": args.model, "location": loaded.location, **size}, indent=2))
+        return
+    print(f"model           {args.model} ({loaded.location})")
+    print(f"architecture    {size['model_type']} (adapter {size['architecture']}), {size['layers']} layers")
+    print(f"MLP neurons     {format_widths(size['mlp_widths'])} (total {sum(size['mlp_widths']):,})")
+    print(f"parameters      {size['parameters']:,}, of which MLP {size['mlp_parameters']:,} "
+          f"({size['mlp_parameter_share']:.1%})")
+    print(f"FLOPs per token {size['flops_per_token'] / 1e6:,.1f} M at context {args.context}, of which MLP "
+          f"{size['mlp_flops_per_token'] / 1e6:,.1f} M ({size['mlp_flop_share']:.1%})")
+
+
+def _prune(args) -> None:
+    from ffnprune.pruning.oneshot import prune
+
+    out = prune(config_from_args(PruneConfig, args))
+    print(f"saved the pruned model to {out}")
+
+
+def _export(args) -> None:
+    from ffnprune.io.pruned_dir import export_uniform
+
+    if not args.uniform:
+        raise FfnpruneError("export needs a format: --uniform (every layer padded with zero neurons to one width)")
+    out = export_uniform(args.directory, args.out, overwrite=args.overwrite)
+    print(f"saved a uniform-width copy to {out}; it loads with plain from_pretrained")
+
+
+def _demo(args) -> None:
+    from ffnprune.demo import run_demo
+
+    run_demo(config_from_args(DemoConfig, args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffnprune", description="Structured pruning of MLP neurons in decoder-only LMs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="architecture, MLP widths, parameters and FLOPs of a model")
+    info.add_argument("model", help="hub id, model directory (pruned or not), .gguf file, or 'smollm2-135m'")
+    info.add_argument("--context", type=int, default=1024, help="context length for attention FLOPs (default: 1024)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_info)
+
+    prune = commands.add_parser("prune", help="prune a model's MLP neurons and save the smaller model")
+    add_config_arguments(prune, PruneConfig)
+    prune.set_defaults(handler=_prune)
+
+    export = commands.add_parser("export", help="re-save a pruned model in another format")
+    export.add_argument("directory", help="a pruned model directory")
+    export.add_argument("--uniform", action="store_true", help="pad every layer to the widest layer's width")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.set_defaults(handler=_export)
+
+    demo = commands.add_parser("demo", help="one-shot prune SmolLM2-135M, save, reload, compare perplexity")
+    add_config_arguments(demo, DemoConfig)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _quiet_transformers() -> None:
+    """Our own messages say what happens; transformers' progress bars and load reports would drown them."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_transformers()
+    try:
+        args.handler(args)
+    except FfnpruneError as error:
+        print(f"ffnprune: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""WikiText test and validation text, read from local files (WikiText-2 shares WikiText-103's valid/test articles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ffnprune.errors import FfnpruneError
+from ffnprune.tasks.data import DATA_ENV, default_data_dir
+
+SPLIT_FILES = {"test": "wiki.test.tokens", "validation": "wiki.valid.tokens"}
+SUBDIRS = ("wikitext/wikitext-2-v1", "wikitext-2-v1", "")
+
+
+def wikitext_file(data: str | Path | None, split: str) -> Path:
+    """The split's file from a data root, a wikitext folder, or a file given directly."""
+    if split not in SPLIT_FILES:
+        raise FfnpruneError(f"unknown WikiText split {split!r}; offline splits are: {', '.join(SPLIT_FILES)}")
+    root = Path(data) if data is not None else default_data_dir()
+    if root is None:
+        raise FfnpruneError(f"no WikiText data found: pass --data PATH (a data folder or a {SPLIT_FILES[split]} file) "
+                            f"or set ${DATA_ENV}")
+    if root.is_file():
+        return root
+    for subdir in SUBDIRS:
+        candidate = root / subdir / SPLIT_FILES[split]
+        if candidate.is_file():
+            return candidate
+    raise FfnpruneError(f"missing data file: no {SPLIT_FILES[split]} under {root}; pass --data with the folder that "
+                        f"holds wikitext/wikitext-2-v1/{SPLIT_FILES[split]}, or the file itself")
+
+
+def read_wikitext(data: str | Path | None, split: str = "test") -> tuple[str, Path]:
+    path = wikitext_file(data, split)
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise FfnpruneError(f"{path} holds no text")
+    return text, path

