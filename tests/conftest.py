@@ -2,13 +2,13 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the network; set before huggingface_hub reads it
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ffnprune.tasks.data import default_data_dir  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 
 
 @pytest.fixture(scope="session")

@@ -48,11 +48,15 @@ def _looks_like_path(spec: str) -> bool:
 
 def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
     kwargs = {"gguf_file": path.name}
-    adapter_for(transformers.AutoConfig.from_pretrained(path.parent, **kwargs))
+    try:
+        config = transformers.AutoConfig.from_pretrained(path.parent, **kwargs)
+    except Exception as error:  # the gguf reader raises many types for a damaged file
+        raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
+    adapter_for(config)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
-    except Exception as error:  # the gguf reader raises many types for a damaged file
+    except Exception as error:
         raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
     # The weights are dequantized on load: the model is an ordinary float model from here on.
     if hasattr(model.config, "quantization_config"):
@@ -66,7 +70,10 @@ def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
     if not (path / "config.json").is_file():
         raise FfnpruneError(f"{path} is not a model directory (no config.json); give a model directory, a .gguf file, "
                             f"a hub id or {SMOLLM2_ALIAS!r}")
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise FfnpruneError(f"could not read {path / 'config.json'}: {error}") from error
     adapter_for(config)
     if getattr(config, "ffnprune", None) is not None:
         model = load_pruned(path, dtype=dtype)

@@ -1,0 +1,104 @@
+"""The ffnprune command on a tiny model with the real GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_models import tiny_model
+
+from ffnprune.cli.main import main
+from ffnprune.io.pruned_dir import load_pruned, read_metadata
+
+
+@pytest.fixture(scope="module")
+def dense_dir(tmp_path_factory, gpt2_tokenizer):
+    directory = tmp_path_factory.mktemp("dense") / "tiny-llama"
+    tiny_model("llama", vocab_size=len(gpt2_tokenizer)).save_pretrained(directory)
+    gpt2_tokenizer.save_pretrained(directory)
+    return directory
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info_reports_widths_parameters_and_flops(capsys, dense_dir):
+    code, out, _ = run(capsys, "info", dense_dir)
+    assert code == 0
+    assert "llama" in out and "4 x 80" in out and "MLP" in out
+    code, out, _ = run(capsys, "info", dense_dir, "--json")
+    info = json.loads(out)
+    assert info["mlp_widths"] == [80] * 4 and 0 < info["mlp_flop_share"] < 1
+
+
+def test_prune_saves_a_model_with_metadata_and_tokenizer(capsys, dense_dir, tmp_path):
+    out_dir = tmp_path / "pruned"
+    code, _, err = run(capsys, "prune", dense_dir, "--method", "random", "--keep", "0.25", "--steps", "0",
+                       "--seed", "1", "--out", out_dir)
+    assert code == 0, err
+    model = load_pruned(out_dir)
+    assert model.config.ffnprune["mlp_widths"] == [20] * 4
+    metadata = read_metadata(out_dir)
+    assert metadata["method"] == "random" and metadata["keep"] == 0.25 and metadata["seed"] == 1
+    assert metadata["source_model"] == str(dense_dir)
+    assert [len(k) for k in metadata["kept_neurons"]] == [20] * 4
+    assert metadata["parameters_after"] < metadata["parameters_before"]
+    assert (out_dir / "tokenizer.json").exists()
+
+    code, out, _ = run(capsys, "info", out_dir)
+    assert code == 0 and "4 x 20" in out
+
+    code, _, err = run(capsys, "prune", dense_dir, "--keep", "0.5", "--out", out_dir)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = run(capsys, "prune", dense_dir, "--keep", "0.5", "--out", out_dir, "--overwrite")
+    assert code == 0, err
+    assert read_metadata(out_dir)["method"] == "magnitude"
+
+    uniform = tmp_path / "uniform"
+    code, _, err = run(capsys, "export", out_dir, "--uniform", "--out", uniform)
+    assert code == 0, err
+    assert json.loads((uniform / "config.json").read_text())["intermediate_size"] == 40
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--keep", "1.5"], "out of range"),
+    (["--keep", "0"], "out of range"),
+    (["--method", "nope"], "known methods: magnitude"),
+    (["--steps", "10"], "--steps 0"),
+])
+def test_prune_bad_options_exit_2_with_the_fix(capsys, dense_dir, tmp_path, argv, message):
+    code, _, err = run(capsys, "prune", dense_dir, "--out", tmp_path / "x", *argv)
+    assert code == 2 and message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_missing_model_path(capsys, tmp_path):
+    code, _, err = run(capsys, "prune", tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert code == 2 and "does not exist" in err
+
+
+def test_demo_runs_end_to_end_and_records_its_protocol(capsys, dense_dir, data_dir, tmp_path):
+    out_dir = tmp_path / "demo"
+    code, out, err = run(capsys, "demo", "--model", dense_dir, "--data", data_dir, "--max-tokens", "512",
+                         "--context", "64", "--out", out_dir)
+    assert code == 0, err
+    assert "WikiText test perplexity" in out
+    result = json.loads((tmp_path / "demo-results.json").read_text())
+    assert result["split"] == "test" and result["method"] == "magnitude" and result["keep"] == 0.5
+    assert result["dense"]["protocol"]["context"] == 64 and result["dense"]["tokens_scored"] == 8 * 63
+    assert result["pruned"]["mlp_parameters"] < result["dense"]["mlp_parameters"]
+    assert "ffnprune_version" in result and result["data"].endswith("wiki.test.tokens")
+    load_pruned(out_dir)
+
+
+def test_demo_missing_data_file(capsys, dense_dir, tmp_path):
+    code, _, err = run(capsys, "demo", "--model", dense_dir, "--data", tmp_path, "--out", tmp_path / "demo")
+    assert code == 2 and "missing data file" in err
+
+
+def test_export_needs_a_format(capsys, tmp_path):
+    code, _, err = run(capsys, "export", tmp_path, "--out", tmp_path / "u")
+    assert code == 2 and "--uniform" in err
