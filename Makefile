@@ -22,6 +22,7 @@ demo: setup
 	$(VENV)/bin/ffnprune demo $(ARGS)
 
 test: setup
+	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest $(ARGS)
 
 clean:

@@ -11,7 +11,6 @@ import textwrap
 import time
 
 import pytest
-from tiny_models import tiny_model
 
 from ffnprune.adapters import adapter_for
 from ffnprune.compaction import compact_mlps
@@ -19,6 +18,7 @@ from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import atomic_directory, write_json_atomic
 from ffnprune.io.pruned_dir import load_pruned, save_pruned
 from ffnprune.models import load_model
+from tiny_models import tiny_model
 
 
 def _partials(parent):
@@ -127,7 +127,8 @@ def test_bad_model_paths_are_named(tmp_path, make, message):
 def test_unsupported_architecture_lists_supported_ones(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config.save_pretrained(tmp_path)
     with pytest.raises(FfnpruneError) as error:
         load_model(str(tmp_path))
     message = str(error.value)

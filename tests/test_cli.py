@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import tiny_model
 
 from ffnprune.cli.main import main
 from ffnprune.io.pruned_dir import load_pruned, read_metadata
+from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from tiny_models import tiny_model
 
 from ffnprune.adapters import adapter_for
 from ffnprune.criteria import CRITERIA, get_criterion
@@ -10,6 +9,7 @@ from ffnprune.criteria.magnitude import magnitude_intersect_scores, magnitude_su
 from ffnprune.errors import FfnpruneError
 from ffnprune.pruning.oneshot import select_kept
 from ffnprune.pruning.selection import check_keep, kept_count, local_top_v
+from tiny_models import tiny_model
 
 
 @pytest.mark.parametrize("keep,width,expected", [(0.29, 100, 29), (0.5, 1536, 768), (0.1, 30, 3), (1.0, 7, 7),

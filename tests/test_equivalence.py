@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import run_without_ffnprune, uneven_kept
 from safetensors.torch import save_file
-from tiny_models import VOCAB, tiny_model
 
 from ffnprune.adapters import SUPPORTED_MODEL_TYPES, adapter_for
 from ffnprune.compaction import compact_mlps
 from ffnprune.io.pruned_dir import export_uniform, load_pruned, save_pruned
 from ffnprune.pruning.masks import NeuronMasks, masks_from_kept
+from helpers import run_without_ffnprune, uneven_kept
+from tiny_models import VOCAB, tiny_model
 
 TOLERANCE = 1e-5
 

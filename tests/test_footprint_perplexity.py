@@ -2,13 +2,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from helpers import uneven_kept
-from tiny_models import VOCAB, tiny_model
 
 from ffnprune.adapters import adapter_for
 from ffnprune.analysis.footprint import footprint
 from ffnprune.compaction import compact_mlps
 from ffnprune.metrics.perplexity import block_perplexity
+from helpers import uneven_kept
+from tiny_models import VOCAB, tiny_model
 
 
 def test_footprint_counts_mlp_parameters_and_flops_by_hand():

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from helpers import run_without_ffnprune, uneven_kept
 from safetensors.torch import save_file
 
 from ffnprune.compaction import compact_mlps
@@ -14,6 +13,7 @@ from ffnprune.io.pruned_dir import load_pruned, save_pruned
 from ffnprune.metrics.perplexity import block_perplexity, token_ids
 from ffnprune.pruning.masks import NeuronMasks, masks_from_kept
 from ffnprune.tasks.wikitext import read_wikitext
+from helpers import run_without_ffnprune, uneven_kept
 
 pytestmark = pytest.mark.real_model
 TOLERANCE = 1e-5

@@ -15,10 +15,14 @@ def positional(help: str):
     return field(metadata={"help": help, "positional": True})
 
 
+def required(help: str):
+    return field(metadata={"help": help, "required": True})
+
+
 @dataclass
 class PruneConfig:
     model: str = positional("hub id, local model directory, .gguf file, or 'smollm2-135m'")
-    out: str = option(None, "directory to write the pruned model to (required)", required=True)
+    out: str = required("directory to write the pruned model to")
     method: str = option("magnitude", "pruning criterion (random, magnitude, magnitude-sum)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
     steps: int = option(0, "fine-pruning steps; 0 prunes in one shot")

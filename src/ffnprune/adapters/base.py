@@ -16,15 +16,6 @@ from torch import nn
 Layout = Literal["linear", "conv1d"]
 
 
-def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path) if path else root
-
-
-def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(get_submodule(root, parent), name, module)
-
-
 @dataclass(frozen=True)
 class MlpAdapter:
     """The MLP of one architecture family.
@@ -42,18 +33,14 @@ class MlpAdapter:
     layout: Layout
     width_key: str
 
-    @property
-    def gated(self) -> bool:
-        return len(self.inputs) == 2
-
     def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
-        return list(get_submodule(model, self.layers))
+        return list(model.get_submodule(self.layers))
 
     def input_projections(self, layer: nn.Module) -> list[nn.Module]:
-        return [get_submodule(layer, path) for path in self.inputs]
+        return [layer.get_submodule(path) for path in self.inputs]
 
     def output_projection(self, layer: nn.Module) -> nn.Module:
-        return get_submodule(layer, self.output)
+        return layer.get_submodule(self.output)
 
     def mlp_widths(self, model: nn.Module) -> list[int]:
         return [self.input_rows(self.input_projections(layer)[0]).shape[0] for layer in self.decoder_layers(model)]

@@ -52,7 +52,9 @@ def _demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ffnprune", description="Structured pruning of MLP neurons in decoder-only LMs.")
+    parser = argparse.ArgumentParser(
+        prog="ffnprune", description="Structured pruning of the MLP neurons of decoder-only language models."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="architecture, MLP widths, parameters and FLOPs of a model")

@@ -12,33 +12,28 @@ import torch
 from torch import nn
 
 from ffnprune.adapters import MlpAdapter
-from ffnprune.io.remote_modeling import new_projection, projection_features, pruned_causal_lm
+from ffnprune.io.remote_modeling import pruned_causal_lm, resize_mlps
 
 
 def _rebuild(model: nn.Module, adapter: MlpAdapter, widths: Sequence[int], fill) -> None:
-    """For every layer, new projections of width widths[l]; fill(l, old_rows, new_rows) copies neuron slices."""
+    """Give every layer projections of width widths[l] (as the saved model's modelling code does on load), then
+    fill(l, old_rows, new_rows) copies the neuron rows from the old projections."""
     layers = adapter.decoder_layers(model)
-    if len(widths) != len(layers):
-        raise ValueError(f"{len(widths)} widths given for {len(layers)} layers")
-    with torch.no_grad():
-        for index, (layer, width) in enumerate(zip(layers, widths)):
-            for path in adapter.inputs:
-                old = layer.get_submodule(path)
-                hidden, _ = projection_features(adapter.layout, old)
-                new = new_projection(adapter.layout, hidden, width, like=old)
-                fill(index, adapter.input_rows(old), adapter.input_rows(new))
-                if old.bias is not None:
-                    fill(index, old.bias, new.bias)
-                layer.set_submodule(path, new)
-            old = layer.get_submodule(adapter.output)
-            _, hidden = projection_features(adapter.layout, old)
-            new = new_projection(adapter.layout, width, hidden, like=old)
-            fill(index, adapter.output_columns(old), adapter.output_columns(new))
-            if old.bias is not None:
-                new.bias.copy_(old.bias)
-            layer.set_submodule(adapter.output, new)
+    old = [(adapter.input_projections(layer), adapter.output_projection(layer)) for layer in layers]
     base = base_class(model)
-    model.config.ffnprune = {**adapter.spec(list(widths)), "base_class": base.__name__}
+    spec = {**adapter.spec(list(widths)), "base_class": base.__name__}
+    resize_mlps(model, spec)
+    with torch.no_grad():
+        for index, (layer, (old_inputs, old_output)) in enumerate(zip(layers, old)):
+            for old_input, new_input in zip(old_inputs, adapter.input_projections(layer)):
+                fill(index, adapter.input_rows(old_input), adapter.input_rows(new_input))
+                if old_input.bias is not None:
+                    fill(index, old_input.bias, new_input.bias)
+            new_output = adapter.output_projection(layer)
+            fill(index, adapter.output_columns(old_output), adapter.output_columns(new_output))
+            if old_output.bias is not None:
+                new_output.bias.copy_(old_output.bias)
+    model.config.ffnprune = spec
     # From here on the model is what load_pruned returns. Being custom code, it saves and loads its weights under
     # its module names, without the key conversions transformers applies to its own classes.
     model.__class__ = pruned_causal_lm(base)

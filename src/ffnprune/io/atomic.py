@@ -22,7 +22,9 @@ def check_output_dir(target: str | os.PathLike, overwrite: bool) -> Path:
     if target.exists() and not target.is_dir():
         raise FfnpruneError(f"output {target} exists and is not a directory; choose another --out")
     if target.exists() and not overwrite:
-        raise FfnpruneError(f"output directory {target} already exists; pass --overwrite to replace it, or choose another --out")
+        raise FfnpruneError(
+            f"output directory {target} already exists; pass --overwrite to replace it, or choose another --out"
+        )
     return target
 
 

@@ -70,7 +70,8 @@ def load_pruned(directory: str | os.PathLike, **from_pretrained_kwargs) -> nn.Mo
     adapter_for(config)
     base = getattr(transformers, spec["base_class"])
     try:
-        return remote_modeling.pruned_causal_lm(base).from_pretrained(directory, config=config, **from_pretrained_kwargs)
+        model_class = remote_modeling.pruned_causal_lm(base)
+        return model_class.from_pretrained(directory, config=config, **from_pretrained_kwargs)
     except Exception as error:  # transformers and safetensors raise many types for a damaged checkpoint
         raise FfnpruneError(
             f"could not load the pruned model in {directory}: {error}. The weights may be incomplete or corrupt; "
