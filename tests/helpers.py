@@ -38,6 +38,19 @@ def uneven_kept(widths: list[int], seed: int = 0) -> list[torch.Tensor]:
     return kept
 
 
+def masked_and_compacted(model, adapter, kept, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of the dense model, of the masked model, and of the model compacted in place to `kept`."""
+    from ffnprune.compaction import compact_mlps
+    from ffnprune.pruning.masks import NeuronMasks, masks_from_kept
+
+    with torch.no_grad():
+        dense = model(ids).logits
+        with NeuronMasks(model, adapter, masks_from_kept(adapter.mlp_widths(model), kept)):
+            masked = model(ids).logits
+        compact_mlps(model, adapter, kept)
+        return dense, masked, model(ids).logits
+
+
 def run_without_ffnprune(script: str, workdir: Path, timeout: int = 600) -> dict:
     """Run a Python script in a fresh interpreter where `import ffnprune` fails; it prints one JSON object."""
     env = {**os.environ, "HF_MODULES_CACHE": str(workdir / "hf_modules"), "HF_HUB_OFFLINE": "1",

@@ -141,3 +141,16 @@ def test_load_pruned_refuses_a_model_it_did_not_prune(tmp_path):
     tiny_model("opt").save_pretrained(tmp_path)
     with pytest.raises(FfnpruneError, match="did not prune"):
         load_pruned(tmp_path)
+
+
+def test_unreachable_hub_id_says_how_to_work_offline():
+    with pytest.raises(FfnpruneError, match="smollm2-135m"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_empty_data_file_is_reported(tmp_path):
+    from ffnprune.tasks.wikitext import read_wikitext
+
+    (tmp_path / "wiki.test.tokens").write_text("\n \n")
+    with pytest.raises(FfnpruneError, match="holds no text"):
+        read_wikitext(tmp_path, "test")

@@ -7,10 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from ffnprune.adapters import SUPPORTED_MODEL_TYPES, adapter_for
-from ffnprune.compaction import compact_mlps
 from ffnprune.io.pruned_dir import export_uniform, load_pruned, save_pruned
-from ffnprune.pruning.masks import NeuronMasks, masks_from_kept
-from helpers import run_without_ffnprune, uneven_kept
+from helpers import masked_and_compacted, run_without_ffnprune, uneven_kept
 from tiny_models import VOCAB, tiny_model
 
 TOLERANCE = 1e-5
@@ -29,14 +27,8 @@ def pruned_models(tmp_path_factory):
     for model_type in SUPPORTED_MODEL_TYPES:
         model = tiny_model(model_type)
         adapter = adapter_for(model.config)
-        widths = adapter.mlp_widths(model)
-        kept = uneven_kept(widths)
-        with torch.no_grad():
-            dense = model(ids).logits
-            with NeuronMasks(model, adapter, masks_from_kept(widths, kept)):
-                masked = model(ids).logits
-            compact_mlps(model, adapter, kept)
-            compacted = model(ids).logits
+        kept = uneven_kept(adapter.mlp_widths(model))
+        dense, masked, compacted = masked_and_compacted(model, adapter, kept, ids)
         directory = save_pruned(model, None, root / f"pruned_{model_type}", {"method": "test"})
         uniform = export_uniform(directory, root / f"uniform_{model_type}")
         built[model_type] = (directory, uniform, masked, compacted, dense, [len(k) for k in kept])

@@ -8,12 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ffnprune.compaction import compact_mlps
 from ffnprune.io.pruned_dir import load_pruned, save_pruned
 from ffnprune.metrics.perplexity import block_perplexity, token_ids
-from ffnprune.pruning.masks import NeuronMasks, masks_from_kept
 from ffnprune.tasks.wikitext import read_wikitext
-from helpers import run_without_ffnprune, uneven_kept
+from helpers import masked_and_compacted, run_without_ffnprune, uneven_kept
 
 pytestmark = pytest.mark.real_model
 TOLERANCE = 1e-5
@@ -34,14 +32,8 @@ def test_dense_model_is_a_working_language_model(smollm2, data_dir):
 
 def _masked_and_compacted(smollm2, sequences, dtype):
     model, adapter = copy.deepcopy(smollm2.model).to(dtype), smollm2.adapter
-    widths = adapter.mlp_widths(model)
-    kept = uneven_kept(widths, seed=1)
-    with torch.no_grad():
-        dense = model(sequences).logits
-        with NeuronMasks(model, adapter, masks_from_kept(widths, kept)):
-            masked = model(sequences).logits
-        compact_mlps(model, adapter, kept)
-        compacted = model(sequences).logits
+    kept = uneven_kept(adapter.mlp_widths(model), seed=1)
+    dense, masked, compacted = masked_and_compacted(model, adapter, kept, sequences)
     assert (dense - masked).abs().max() > 1e-2
     return model, masked, compacted
 
