@@ -1,9 +1,19 @@
-"""Typed configuration shared by the CLI and the Python API. Each field's metadata holds its command-line help."""
+"""Typed configuration shared by the CLI, YAML config files and the Python API.
+
+Each leaf field's metadata holds its command-line help. Flags and YAML keys are the leaf names (a trailing "_" is
+dropped: `lambda_` is `--lambda` and `lambda:`), flat, whatever group a field sits in.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import yaml
+
+from ffnprune.errors import FfnpruneError
 from ffnprune.models import SMOLLM2_ALIAS
 
 
@@ -11,23 +21,65 @@ def option(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
-def positional(help: str):
-    return field(metadata={"help": help, "positional": True})
+def group(cls):
+    return field(default_factory=cls, metadata={"group": True})
 
 
-def required(help: str):
-    return field(metadata={"help": help, "required": True})
+@dataclass
+class ScheduleConfig:
+    warmup_share: float = option(0.1, "share of steps kept dense before pruning starts")
+    cooldown_share: float = option(0.3, "share of steps trained at the final keep fraction at the end")
+
+
+@dataclass
+class PenaltyConfig:
+    lambda_: float = option(2.0, "penalty weight lambda (soft-movement, gum, anti-gum)")
+    mu: float = option(None, "GUM's uniqueness weight mu > 0 (gum, anti-gum; the paper sweeps 0.5-2)")
+    beta: float = option(0.999, "GUM's running-statistics rate beta")
+    soft_threshold: float = option(0.1, "soft movement's final sigmoid threshold")
+
+
+@dataclass
+class TrainingConfig:
+    lr: float = option(5e-4, "learning rate of the weights")
+    score_lr: float = option(1e-2, "learning rate of learned scores")
+    weight_decay: float = option(0.1, "AdamW weight decay (none on biases, norms, scores)")
+    adam_eps: float = option(1e-4, "AdamW epsilon")
+    lr_warmup: float = option(0.1, "share of steps of linear learning-rate warm-up")
+    clip: float = option(1.0, "gradient-norm clip")
+    batch_size: int = option(4, "sequences per micro-batch and process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    context: int = option(512, "tokens per training sequence")
+    mixed_precision: str = option("no", "no, fp16 or bf16 (GPU)", choices=("no", "fp16", "bf16"))
+    eval_every: int = option(0, "evaluate at the current density every N steps (0: never)")
+    eval_tokens: int = option(8192, "tokens of the evaluation split used by periodic evaluation")
+    checkpoint_every: int = option(0, "write a resumable checkpoint every N steps (0: never)")
+
+
+@dataclass
+class DistillConfig:
+    distill: bool = option(False, "distil from the dense model (loss = 0.5 CE + 0.5 T^2 KL)")
+    teacher: str = option(None, "teacher model (default: the model before pruning)")
+    temperature: float = option(2.0, "distillation temperature T")
 
 
 @dataclass
 class PruneConfig:
-    model: str = positional("hub id, local model directory, .gguf file, or 'smollm2-135m'")
-    out: str = required("directory to write the pruned model to")
-    method: str = option("magnitude", "pruning criterion (random, magnitude, magnitude-sum)")
+    model: str = option(None, "hub id, local model directory, .gguf file, or 'smollm2-135m'", positional=True)
+    out: str = option(None, "directory to write the pruned model to")
+    method: str = option("magnitude", "pruning method (ffnprune prune --help lists them)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
-    steps: int = option(0, "fine-pruning steps; 0 prunes in one shot")
+    steps: int = option(0, "fine-pruning optimizer steps; 0 prunes in one shot")
     seed: int = option(0, "random seed")
+    task: str = option("wikitext", "task to fine-prune on")
+    data: str = option(None, "task data folder or file (default: ../shared/data)")
+    train_split: str = option("validation", "split to fine-prune on (offline, only validation and test exist)")
+    eval_split: str = option("test", "split for periodic evaluation")
     overwrite: bool = option(False, "replace --out if it exists")
+    schedule: ScheduleConfig = group(ScheduleConfig)
+    penalty: PenaltyConfig = group(PenaltyConfig)
+    training: TrainingConfig = group(TrainingConfig)
+    distill: DistillConfig = group(DistillConfig)
 
 
 @dataclass
@@ -41,3 +93,66 @@ class DemoConfig:
     batch_size: int = option(4, "blocks per forward pass")
     out: str = option("out/demo", "directory for the pruned model (replaced on each run) and demo.json")
     seed: int = option(0, "random seed")
+
+
+def leaf_fields(config_class, path: tuple[str, ...] = ()):
+    """(path of entry names, entry, type) for every non-group entry, depth first."""
+    hints = typing.get_type_hints(config_class)
+    for entry in dataclasses.fields(config_class):
+        if entry.metadata.get("group"):
+            yield from leaf_fields(hints[entry.name], (*path, entry.name))
+        else:
+            yield (*path, entry.name), entry, hints[entry.name]
+
+
+def key(entry) -> str:
+    return entry.name.rstrip("_")
+
+
+def read_yaml(path: str | Path, config_class) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FfnpruneError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise FfnpruneError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise FfnpruneError(f"config file {path} must hold a mapping of option names to values")
+    known = {key(entry) for _, entry, _ in leaf_fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FfnpruneError(f"config file {path}: unknown option(s) {', '.join(unknown)}; "
+                            f"known options: {', '.join(sorted(known))}")
+    return values
+
+
+def build_config(config_class, values: dict):
+    """An instance of config_class from flat option values (missing ones keep their defaults)."""
+    hints = typing.get_type_hints(config_class)
+    kwargs = {}
+    for entry in dataclasses.fields(config_class):
+        if entry.metadata.get("group"):
+            kwargs[entry.name] = build_config(hints[entry.name], values)
+        elif key(entry) in values:
+            value = values[key(entry)]
+            kind = hints[entry.name]
+            if value is not None and kind in (int, float) and not isinstance(value, bool):
+                try:
+                    value = kind(value)
+                except ValueError:
+                    raise FfnpruneError(f"option {key(entry)}: {value!r} is not a{'n' if kind is int else ''} "
+                                        f"{kind.__name__}") from None
+            kwargs[entry.name] = value
+    return config_class(**kwargs)
+
+
+def to_flat_dict(config) -> dict:
+    """The config as flat option names -> values (what a YAML config file holds)."""
+    flat = {}
+    for path, entry, _ in leaf_fields(type(config)):
+        value = config
+        for name in path:
+            value = getattr(value, name)
+        flat[key(entry)] = value
+    return flat

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
 from ffnprune.config import DemoConfig, PruneConfig
+from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
 
 
@@ -30,9 +33,11 @@ def _info(args) -> None:
 
 
 def _prune(args) -> None:
-    from ffnprune.pruning.oneshot import prune
+    from ffnprune.config import read_yaml
+    from ffnprune.pipeline import RUN_CONFIG, prune
 
-    out = prune(config_from_args(PruneConfig, args))
+    base = read_yaml(Path(args.resume) / RUN_CONFIG, PruneConfig) if args.resume else None
+    out = prune(config_from_args(PruneConfig, args, base), resume=args.resume)
     print(f"saved the pruned model to {out}")
 
 
@@ -63,8 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
 
-    prune = commands.add_parser("prune", help="prune a model's MLP neurons and save the smaller model")
+    prune = commands.add_parser(
+        "prune", help="prune a model's MLP neurons and save the smaller model",
+        description=f"Methods: {', '.join(METHODS)}. --steps 0 prunes in one shot (random, magnitude); "
+        "--steps N fine-prunes for N optimizer steps with the cubic schedule.",
+    )
     add_config_arguments(prune, PruneConfig)
+    prune.add_argument("--config", help="YAML file of options (flat keys named like the flags); flags override it")
+    prune.add_argument("--resume", help="continue the killed run whose work directory (OUT.work) this names")
     prune.set_defaults(handler=_prune)
 
     export = commands.add_parser("export", help="re-save a pruned model in another format")
@@ -84,13 +95,21 @@ def _quiet_transformers() -> None:
     """Our own messages say what happens; transformers' progress bars and load reports would drown them."""
     import transformers
 
+    import huggingface_hub
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ffnprune: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_transformers()
+    warnings.showwarning = _show_warning
     try:
         args.handler(args)
     except FfnpruneError as error:

@@ -1,28 +1,39 @@
-"""Command-line options generated from the typed configuration dataclasses, so the two never drift apart."""
+"""Command-line options mapped onto the typed configuration dataclasses (see ffnprune.config).
+
+Precedence: dataclass defaults < a YAML file (--config, or a resumed run's run.yaml) < flags on the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
+
+from ffnprune.config import build_config, key, leaf_fields, read_yaml
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
-    hints = typing.get_type_hints(config_class)
-    for field in dataclasses.fields(config_class):
+    for _, field, kind in leaf_fields(config_class):
         meta = field.metadata
-        kind = hints[field.name]
+        default = None if field.default is dataclasses.MISSING else field.default
+        shown = "" if default is None or kind is bool else f" (default: {default})"
         if meta.get("positional"):
-            parser.add_argument(field.name, type=kind, help=meta.get("help"))
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, dest=field.name, action="store_true", help=meta.get("help"))
+            parser.add_argument(key(field), type=kind, nargs="?", default=argparse.SUPPRESS, help=meta["help"])
+        elif kind is bool:
+            parser.add_argument("--" + key(field).replace("_", "-"), dest=key(field), action="store_true",
+                                default=argparse.SUPPRESS, help=meta["help"])
         else:
-            default = None if field.default is dataclasses.MISSING else field.default
-            parser.add_argument(flag, dest=field.name, type=kind, default=default, required=meta.get("required", False),
-                                help=meta.get("help") + ("" if default is None else f" (default: {default})"))
+            parser.add_argument("--" + key(field).replace("_", "-"), dest=key(field), type=kind,
+                                default=argparse.SUPPRESS, choices=meta.get("choices"), help=meta["help"] + shown)
 
 
-def config_from_args(config_class, args: argparse.Namespace):
-    return config_class(**{field.name: getattr(args, field.name) for field in dataclasses.fields(config_class)})
+def given_options(args: argparse.Namespace) -> dict:
+    """The config options actually given on the command line (the others were suppressed)."""
+    return {name: value for name, value in vars(args).items() if name not in ("handler", "command", "config", "resume")}
+
+
+def config_from_args(config_class, args: argparse.Namespace, base: dict | None = None):
+    values = dict(base or {})
+    if getattr(args, "config", None):
+        values.update(read_yaml(args.config, config_class))
+    values.update(given_options(args))
+    return build_config(config_class, values)

@@ -1,11 +1,16 @@
-"""Pruning criteria: small callables, registered by name, that score every MLP neuron (higher = keep).
+"""Pruning methods, registered by name (`--method gum`), and the score functions they are built from.
 
-A criterion is called as `criterion(model, adapter, generator)` and returns one score tensor per layer.
+A method is a criterion (how neurons are scored) and a selection operator (which scores are kept), plus an optional
+penalty on the scores (METHOD sections 4 and 5). Fixed criteria are small callables `fn(model, adapter, generator)`
+returning one score tensor per layer (higher = keep); learned criteria train their scores through straight-through
+masks during fine-pruning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -13,27 +18,64 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter
 from ffnprune.errors import FfnpruneError
 
-Criterion = Callable[[nn.Module, MlpAdapter, torch.Generator], list[torch.Tensor]]
+ScoreFunction = Callable[[nn.Module, MlpAdapter, torch.Generator], list[torch.Tensor]]
 
-CRITERIA: dict[str, Criterion] = {}
+SCORE_FUNCTIONS: dict[str, ScoreFunction] = {}
+
+LEARNED = "learned"
 
 
-def register(name: str) -> Callable[[Criterion], Criterion]:
-    def add(criterion: Criterion) -> Criterion:
-        CRITERIA[name] = criterion
-        return criterion
+def register_scores(name: str) -> Callable[[ScoreFunction], ScoreFunction]:
+    def add(function: ScoreFunction) -> ScoreFunction:
+        SCORE_FUNCTIONS[name] = function
+        return function
 
     return add
 
 
-def get_criterion(name: str) -> Criterion:
+@dataclass(frozen=True)
+class Method:
+    name: str
+    scores: str  # LEARNED, or a key of SCORE_FUNCTIONS
+    selection: Literal["local", "global", "threshold"]
+    penalty: Literal["none", "l1", "gum", "anti-gum"] = "none"
+    frozen: bool = True  # fixed scores: drawn once (True) or recomputed from the weights every step (False)
+
+    @property
+    def learned(self) -> bool:
+        return self.scores == LEARNED
+
+    @property
+    def uses_mu(self) -> bool:
+        return self.penalty in ("gum", "anti-gum")
+
+    def fixed_scores(self, model: nn.Module, adapter: MlpAdapter, generator: torch.Generator) -> list[torch.Tensor]:
+        return SCORE_FUNCTIONS[self.scores](model, adapter, generator)
+
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("random", "random", "local"),
+        Method("magnitude", "magnitude", "local", frozen=False),
+        Method("magnitude-sum", "magnitude-sum", "local", frozen=False),
+        Method("movement", LEARNED, "local"),
+        Method("soft-movement", LEARNED, "threshold", "l1"),
+        Method("global-movement", LEARNED, "global"),
+        Method("gum", LEARNED, "global", "gum"),
+        Method("anti-gum", LEARNED, "global", "anti-gum"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
     try:
-        return CRITERIA[name]
+        return METHODS[name]
     except KeyError:
-        raise FfnpruneError(f"unknown method {name!r}; known methods: {', '.join(sorted(CRITERIA))}") from None
+        raise FfnpruneError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}") from None
 
 
-# Importing the modules registers their criteria.
+# Importing the modules registers their score functions.
 from ffnprune.criteria import magnitude, random  # noqa: E402,F401
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion", "register"]
+__all__ = ["METHODS", "SCORE_FUNCTIONS", "Method", "get_method", "register_scores"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ffnprune.criteria import register
+from ffnprune.criteria import register_scores
 
 
 def neuron_norms(layer, adapter) -> torch.Tensor:
@@ -27,7 +27,7 @@ def _ranks(values: torch.Tensor) -> torch.Tensor:
     return order.argsort(dim=-1, stable=True).float()
 
 
-@register("magnitude")
+@register_scores("magnitude")
 def magnitude_intersect_scores(model, adapter, generator=None) -> list[torch.Tensor]:
     scores = []
     for layer in adapter.decoder_layers(model):
@@ -38,6 +38,6 @@ def magnitude_intersect_scores(model, adapter, generator=None) -> list[torch.Ten
     return scores
 
 
-@register("magnitude-sum")
+@register_scores("magnitude-sum")
 def magnitude_sum_scores(model, adapter, generator=None) -> list[torch.Tensor]:
     return [neuron_norms(layer, adapter).sum(dim=0) for layer in adapter.decoder_layers(model)]

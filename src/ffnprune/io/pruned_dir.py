@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import transformers
@@ -37,8 +38,10 @@ def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
         tokenizer.save_pretrained(directory)
 
 
-def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: dict, overwrite: bool = False) -> Path:
-    """Save a compacted model (see compaction.compact_mlps) atomically; returns the directory."""
+def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: dict, overwrite: bool = False,
+                extra_files: dict[str, Path] | None = None) -> Path:
+    """Save a compacted model (see compaction.compact_mlps) atomically, with `extra_files` (name -> source path)
+    copied beside it; returns the directory."""
     spec = getattr(model.config, "ffnprune", None)
     if spec is None:
         raise ValueError("the model has not been compacted (config.ffnprune is missing); call compact_mlps first")
@@ -47,6 +50,8 @@ def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: d
         _save_plain(model, tokenizer, staging)
         (staging / MODELING_FILE).write_text(_modeling_source(spec["base_class"]))
         write_json_atomic(staging / METADATA_FILE, {**metadata, "mlp_widths": spec["mlp_widths"]})
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
     return Path(out)
 
 

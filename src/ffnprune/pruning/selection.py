@@ -32,3 +32,18 @@ def local_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tenso
         top = torch.topk(layer_scores.detach().float(), count, sorted=False).indices
         kept.append(torch.sort(top).values)
     return kept
+
+
+def global_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tensor]:
+    """Rank every layer's scores together and keep the floor(v * sum N_l) highest: layers end with different widths,
+    possibly 0 (no per-layer minimum)."""
+    flat = torch.cat([s.detach().float().reshape(-1) for s in scores])
+    count = kept_count(keep, flat.numel())
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[torch.topk(flat, count, sorted=False).indices] = True
+    return [indices.nonzero().flatten() for indices in chosen.split([s.numel() for s in scores])]
+
+
+def threshold_selection(scores: Sequence[torch.Tensor], threshold: float) -> list[torch.Tensor]:
+    """Soft movement: keep neuron i where sigmoid(s_i) > threshold."""
+    return [(torch.sigmoid(s.detach().float()) > threshold).nonzero().flatten() for s in scores]

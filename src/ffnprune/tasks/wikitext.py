@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ffnprune.errors import FfnpruneError
 from ffnprune.tasks.data import DATA_ENV, default_data_dir
+from ffnprune.tasks.examples import Examples
 
 SPLIT_FILES = {"test": "wiki.test.tokens", "validation": "wiki.valid.tokens"}
 SUBDIRS = ("wikitext/wikitext-2-v1", "wikitext-2-v1", "")
@@ -35,3 +36,14 @@ def read_wikitext(data: str | Path | None, split: str = "test") -> tuple[str, Pa
     if not text.strip():
         raise FfnpruneError(f"{path} holds no text")
     return text, path
+
+
+def wikitext_examples(tokenizer, data, split: str, length: int, max_tokens: int | None = None) -> Examples:
+    """Blocks of `length` tokens of the split's text (every token carries the loss)."""
+    from ffnprune.metrics.perplexity import token_ids
+
+    text, path = read_wikitext(data, split)
+    examples = Examples.blocks(token_ids(tokenizer, text, max_tokens), length)
+    if len(examples) == 0:
+        raise FfnpruneError(f"{path} has fewer tokens than one block of {length}; give more text or a smaller context")
+    return examples

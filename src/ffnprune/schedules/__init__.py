@@ -1,0 +1,5 @@
+"""Pruning schedules: plain functions of the step."""
+
+from ffnprune.schedules.cubic import CubicSchedule
+
+__all__ = ["CubicSchedule"]

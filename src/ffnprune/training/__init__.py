@@ -1,0 +1,1 @@
+"""Fine-pruning: trainer-agnostic hooks, the Accelerate training loop, checkpoints, distillation."""

@@ -1,0 +1,127 @@
+"""Fine-pruning as a few hooks that any training loop can call (ours, the HF Trainer's, a user's).
+
+    pruner = FinePruner(model, adapter, get_method("gum"), CubicSchedule(steps, 0.25), PenaltySettings(mu=1.0))
+    optimizer = AdamW([...model params..., {"params": pruner.trainable_scores(), "lr": 1e-2, "weight_decay": 0}])
+    for batch in batches:
+        pruner.before_forward(batch.get("attention_mask"))
+        loss = model(**batch).loss + pruner.penalty()
+        loss.backward()
+        pruner.after_backward()
+        optimizer.step(); optimizer.zero_grad()
+        pruner.after_optimizer_step()
+    kept = pruner.kept()          # final neurons per layer; then compact_mlps(model, adapter, kept)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ffnprune.adapters import MlpAdapter
+from ffnprune.criteria import Method
+from ffnprune.pruning.masks import NeuronMasks
+from ffnprune.pruning.penalty import CosineStatistics, penalty_weights, score_penalty
+from ffnprune.pruning.scores import NeuronScores, straight_through
+from ffnprune.pruning.selection import global_top_v, local_top_v, threshold_selection
+from ffnprune.schedules import CubicSchedule
+
+
+@dataclass(frozen=True)
+class PenaltySettings:
+    weight: float = 2.0  # lambda
+    mu: float | None = None  # GUM's uniqueness weight
+    beta: float = 0.999  # GUM's running-statistics rate
+    soft_threshold: float = 0.1  # soft movement's final sigmoid threshold
+
+
+class FinePruner:
+    """Masks a model's MLP neurons by scores that follow a method and a schedule, step by step."""
+
+    def __init__(self, model: nn.Module, adapter: MlpAdapter, method: Method, schedule: CubicSchedule,
+                 penalty: PenaltySettings = PenaltySettings(), seed: int = 0,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+        self.model, self.adapter, self.method, self.schedule, self.settings = model, adapter, method, schedule, penalty
+        self.reduce = reduce
+        self.step = 0
+        widths = adapter.mlp_widths(model)
+        device = next(model.parameters()).device
+        initial = None if method.learned else method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
+        self.scores = NeuronScores(widths, method.learned, initial).to(device)
+        self.masks = NeuronMasks(model, adapter, [torch.ones(w, device=device) for w in widths]).attach()
+        # Registered after the masks, so it sees the masked activations (pruned neurons are 0).
+        self.statistics = CosineStatistics(model, adapter, penalty.beta) if method.uses_mu else None
+        self.uniqueness: list[torch.Tensor | None] = [None] * len(widths)
+
+    def trainable_scores(self) -> list[nn.Parameter]:
+        return list(self.scores.parameters())
+
+    @property
+    def keep_fraction(self) -> float:
+        """v_t, the scheduled share of neurons kept at the current step."""
+        return self.schedule.keep_fraction(self.step)
+
+    def kept(self) -> list[torch.Tensor]:
+        """Indices each layer keeps at the current step."""
+        scores = self.scores.layers()
+        if self.method.selection == "threshold":
+            return threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold))
+        select = global_top_v if self.method.selection == "global" else local_top_v
+        return select(scores, self.keep_fraction)
+
+    def before_forward(self, attention_mask: torch.Tensor | None = None) -> None:
+        """Set the masks for the next forward pass (call before every forward, micro-batches included)."""
+        if not self.method.learned and not self.method.frozen:
+            self.scores.set_fixed(self.method.fixed_scores(self.model, self.adapter, None))
+        scores = self.scores.layers()
+        self.masks.masks = straight_through(self.kept(), scores)
+        if self.statistics is not None:
+            self.statistics.token_mask = attention_mask
+
+    def penalty(self) -> torch.Tensor:
+        """lambda_t * R, to add to the loss (0 for methods without a penalty)."""
+        scores = self.scores.layers()
+        if self.method.penalty == "none":
+            return torch.zeros((), device=scores[0].device)
+        weights = [penalty_weights(self.method.penalty, self.settings.mu, u, s.numel(), s.device)
+                   for u, s in zip(self.uniqueness, scores)]
+        return self.penalty_weight * score_penalty(scores, weights)
+
+    @property
+    def penalty_weight(self) -> float:
+        """lambda_t = lambda * v_t / v_f."""
+        return self.settings.weight * self.keep_fraction / self.schedule.final_keep
+
+    def after_backward(self) -> None:
+        """Fold this pass's activations into GUM's statistics and refresh u for the next step's penalty."""
+        if self.statistics is not None:
+            self.statistics.update(self.reduce)
+            self.uniqueness = self.statistics.uniqueness_penalty(self.keep_fraction)
+
+    def after_optimizer_step(self) -> None:
+        self.step += 1
+
+    def state(self) -> dict[str, torch.Tensor]:
+        state = {f"scores.{i}": s.detach() for i, s in enumerate(self.scores.layers())}
+        if self.statistics is not None:
+            state.update({f"gum.{k}": v for k, v in self.statistics.state().items()})
+            state.update({f"uniqueness.{i}": u for i, u in enumerate(self.uniqueness) if u is not None})
+        state["step"] = torch.tensor(self.step)
+        return state
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for index, layer_scores in enumerate(self.scores.layers()):
+                layer_scores.copy_(state[f"scores.{index}"])
+        if self.statistics is not None:
+            self.statistics.load_state({k[4:]: v for k, v in state.items() if k.startswith("gum.")})
+            self.uniqueness = [state.get(f"uniqueness.{i}") for i in range(len(self.uniqueness))]
+        self.step = int(state["step"])
+
+    def detach(self) -> None:
+        """Remove every hook, leaving the model as it was (call before compacting)."""
+        self.masks.detach()
+        if self.statistics is not None:
+            self.statistics.detach()

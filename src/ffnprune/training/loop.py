@@ -1,0 +1,205 @@
+"""The fine-pruning training loop, on HF Accelerate (`accelerate launch` runs it with DDP, FSDP or DeepSpeed).
+
+AdamW with a separate score learning rate, linear LR with warm-up, gradient accumulation, clipping, mixed precision
+on GPU, a progress bar, a JSONL log per step, periodic evaluation at the current density, atomic checkpoints.
+Every process sees a different slice of each global batch; the order of examples is a function of the seed and the
+step alone, so a resumed run reads exactly what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from ffnprune.config import PruneConfig
+from ffnprune.errors import FfnpruneError
+from ffnprune.metrics.perplexity import causal_lm_loss, examples_perplexity
+from ffnprune.tasks.examples import Examples
+from ffnprune.training.checkpoint import checkpoint_step, load_checkpoint, save_checkpoint
+from ffnprune.training.distill import combine, distillation_loss
+from ffnprune.training.hooks import FinePruner
+
+CHECKPOINT = "checkpoint"
+LOG = "train_log.jsonl"
+
+
+class PrunableModel(nn.Module):
+    """The model and its neuron scores in one module, so that DDP/FSDP synchronise the scores' gradients too."""
+
+    def __init__(self, model: nn.Module, scores: nn.Module):
+        super().__init__()
+        self.model = model
+        self.scores = scores
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+class BatchOrder:
+    """Example indices of every micro-batch: a stream of seeded permutations, one per pass over the data."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self._orders = size, seed, {}
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._orders = {epoch: torch.randperm(self.size, generator=generator)}
+        return self._orders[epoch]
+
+    def indices(self, first: int, count: int) -> list[int]:
+        return [int(self._order(p // self.size)[p % self.size]) for p in range(first, first + count)]
+
+
+def parameter_groups(model: nn.Module, pruner: FinePruner, lr: float, score_lr: float, weight_decay: float):
+    """Weight decay on matrices only (none on biases, norms, scores); the scores get their own learning rate."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+              {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    if pruner.trainable_scores():
+        groups.append({"params": pruner.trainable_scores(), "lr": score_lr, "weight_decay": 0.0})
+    return groups
+
+
+@dataclass
+class TrainingOutcome:
+    kept: list[torch.Tensor]
+    final_loss: float
+    steps: int
+    log: Path
+
+
+def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty, train_examples: Examples,
+          eval_examples: Examples | None, workdir: Path, teacher: nn.Module | None = None,
+          resume: bool = False, say=print) -> TrainingOutcome:
+    settings = config.training
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
+    if settings.checkpoint_every and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise FfnpruneError("checkpoints are not supported under FSDP or DeepSpeed yet; use DDP, or drop "
+                            "--checkpoint-every")
+    set_seed(config.seed)
+    model.to(accelerator.device).train()
+    pruner = FinePruner(model, adapter, method, schedule, penalty, config.seed,
+                        reduce=lambda t: accelerator.reduce(t, "mean"))
+    wrapper = PrunableModel(model, pruner.scores)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, pruner, settings.lr, settings.score_lr, settings.weight_decay), eps=settings.adam_eps
+    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.lr_warmup * config.steps), config.steps)
+    wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
+    if teacher is not None:
+        teacher.to(accelerator.device).eval()
+
+    checkpoint_dir, log_path = workdir / CHECKPOINT, workdir / LOG
+    start = 0
+    if resume:
+        start = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(wrapper).model, pruner, optimizer, scheduler)
+        _truncate_log(log_path, start)
+        say(f"resumed from {checkpoint_dir} at step {start}")
+    elif accelerator.is_main_process:
+        log_path.unlink(missing_ok=True)
+
+    order = BatchOrder(len(train_examples), config.seed)
+    per_step = settings.batch_size * settings.grad_accum * accelerator.num_processes
+    progress = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process, desc="fine-pruning")
+    final_loss = math.nan
+    for step in range(start, config.steps):
+        totals = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0} | ({"distill_loss": 0.0} if teacher else {})
+        keep_scheduled, penalty_weight = pruner.keep_fraction, pruner.penalty_weight
+        for micro in range(settings.grad_accum):
+            slot = micro * accelerator.num_processes + accelerator.process_index
+            first = step * per_step + slot * settings.batch_size
+            batch = {k: v.to(accelerator.device) for k, v in
+                     train_examples.batch(order.indices(first, settings.batch_size)).items()}
+            syncing = micro == settings.grad_accum - 1
+            with nullcontext() if syncing else accelerator.no_sync(wrapper):
+                pruner.before_forward(batch["attention_mask"])
+                logits = wrapper(batch["input_ids"], batch["attention_mask"])
+                task_loss = causal_lm_loss(logits, batch["labels"])
+                distill = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(input_ids=batch["input_ids"],
+                                                 attention_mask=batch["attention_mask"]).logits
+                    distill = distillation_loss(logits, teacher_logits, batch["labels"], config.distill.temperature)
+                penalty_term = pruner.penalty()
+                loss = combine(task_loss, distill) + penalty_term
+                if not torch.isfinite(loss):
+                    _stop_on_bad_loss(step, loss, checkpoint_dir, workdir)
+                accelerator.backward(loss / settings.grad_accum)
+                pruner.after_backward()
+            for name, value in (("loss", loss), ("task_loss", task_loss), ("distill_loss", distill),
+                                ("penalty", penalty_term)):
+                if value is not None:
+                    totals[name] += value.detach().float().item() / settings.grad_accum
+        kept_now = sum(int(mask.detach().sum()) for mask in pruner.masks.masks)  # the masks this step used
+        if settings.clip:
+            accelerator.clip_grad_norm_(wrapper.parameters(), settings.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        pruner.after_optimizer_step()
+
+        totals = {k: accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean").item()
+                  for k, v in totals.items()}
+        final_loss = totals["loss"]
+        record = {"step": step + 1, **totals, "keep_scheduled": keep_scheduled,
+                  "keep_actual": kept_now / sum(adapter.mlp_widths(model)), "lambda": penalty_weight,
+                  "lr": scheduler.get_last_lr()[0], "score_lr": scheduler.get_last_lr()[-1]}
+        if settings.eval_every and eval_examples is not None and (step + 1) % settings.eval_every == 0:
+            record["eval_perplexity"] = _evaluate(accelerator.unwrap_model(wrapper), pruner, eval_examples,
+                                                  settings.batch_size)
+        if accelerator.is_main_process:
+            with log_path.open("a") as log:
+                log.write(json.dumps(record) + "\n")
+        progress.update(1)
+        progress.set_postfix(loss=f"{final_loss:.3f}", keep=f"{record['keep_actual']:.3f}")
+        if settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and step + 1 < config.steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(checkpoint_dir, accelerator.unwrap_model(wrapper).model, pruner, optimizer,
+                                scheduler, step + 1)
+    progress.close()
+    pruner.before_forward()  # the final masks, at step T
+    kept = pruner.kept()
+    pruner.detach()
+    accelerator.unwrap_model(wrapper).model.eval()
+    return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, log=log_path)
+
+
+def _evaluate(wrapper: PrunableModel, pruner: FinePruner, examples: Examples, batch_size: int) -> float:
+    """Perplexity at the current density (the masks of the current step)."""
+    wrapper.eval()
+    pruner.before_forward()
+    result = examples_perplexity(wrapper.model, examples, batch_size)["perplexity"]
+    wrapper.train()
+    return result
+
+
+def _stop_on_bad_loss(step: int, loss: torch.Tensor, checkpoint_dir: Path, workdir: Path):
+    if (checkpoint_dir / "trainer.json").is_file():
+        where = (f"the last good checkpoint (step {checkpoint_step(checkpoint_dir)}) is kept in {checkpoint_dir}; "
+                 f"continue from it with a lower learning rate: ffnprune prune --resume {workdir} --lr ...")
+    else:
+        where = "no checkpoint was written yet (--checkpoint-every N keeps one); retry with a lower --lr"
+    raise FfnpruneError(f"the loss became {loss.item()} at step {step + 1}; training stopped. {where}")
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint being resumed."""
+    if log_path.exists():
+        lines = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in lines))
