@@ -66,8 +66,11 @@ def test_prune_saves_a_model_with_metadata_and_tokenizer(capsys, dense_dir, tmp_
 @pytest.mark.parametrize("argv,message", [
     (["--keep", "1.5"], "out of range"),
     (["--keep", "0"], "out of range"),
-    (["--method", "nope"], "known methods: magnitude"),
-    (["--steps", "10"], "--steps 0"),
+    (["--method", "nope"], "known methods: random, magnitude"),
+    (["--steps", "1"], "too few for the schedule"),
+    (["--steps", "-1"], "must be 0"),
+    (["--method", "gum", "--steps", "0"], "needs --mu"),
+    (["--method", "movement", "--steps", "0"], "give --steps N"),
 ])
 def test_prune_bad_options_exit_2_with_the_fix(capsys, dense_dir, tmp_path, argv, message):
     code, _, err = run(capsys, "prune", dense_dir, "--out", tmp_path / "x", *argv)

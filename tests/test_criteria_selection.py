@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ffnprune.adapters import adapter_for
-from ffnprune.criteria import CRITERIA, get_criterion
+from ffnprune.criteria import METHODS, get_method
 from ffnprune.criteria.magnitude import magnitude_intersect_scores, magnitude_sum_scores, neuron_norms
 from ffnprune.errors import FfnpruneError
 from ffnprune.pruning.oneshot import select_kept
@@ -32,8 +32,8 @@ def test_local_top_v_keeps_the_highest_scores_sorted():
 
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(FfnpruneError) as error:
-        get_criterion("gumm")
-    for name in CRITERIA:
+        get_method("gumm")
+    for name in METHODS:
         assert name in str(error.value)
 
 
