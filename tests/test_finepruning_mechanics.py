@@ -207,3 +207,18 @@ def test_distillation_loss_is_t_squared_kl_over_labelled_tokens():
                       reduction="sum") for b, t in rows) / len(rows)
     assert torch.allclose(distillation_loss(student, teacher, labels, temperature), temperature**2 * kl)
     assert distillation_loss(teacher, teacher, labels, temperature).abs() < 1e-6
+
+
+def test_soft_movement_keeps_scores_whose_sigmoid_passes_the_scheduled_threshold():
+    model = tiny_model("llama")
+    adapter = adapter_for(model.config)
+    pruner = FinePruner(model, adapter, get_method("soft-movement"), CubicSchedule(100, 0.25),
+                        PenaltySettings(soft_threshold=0.1))
+    with torch.no_grad():
+        for scores in pruner.scores.layers():
+            scores.copy_(torch.linspace(-4, 4, scores.numel()))  # sigmoid(-2.197) = 0.1
+    assert [len(k) for k in pruner.kept()] == [80] * 4  # tau = 0 during warm-up
+    pruner.step = 100
+    expected = int((torch.sigmoid(torch.linspace(-4, 4, 80)) > 0.1).sum())
+    assert 0 < expected < 80
+    assert [len(k) for k in pruner.kept()] == [expected] * 4

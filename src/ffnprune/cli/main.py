@@ -93,9 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_transformers() -> None:
     """Our own messages say what happens; transformers' progress bars and load reports would drown them."""
-    import transformers
-
     import huggingface_hub
+    import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -191,10 +191,10 @@ def _evaluate(wrapper: PrunableModel, pruner: FinePruner, examples: Examples, ba
 
 def _stop_on_bad_loss(step: int, loss: torch.Tensor, checkpoint_dir: Path, workdir: Path):
     if (checkpoint_dir / "trainer.json").is_file():
-        where = (f"the last good checkpoint (step {checkpoint_step(checkpoint_dir)}) is kept in {checkpoint_dir}; "
+        where = (f"The last good checkpoint (step {checkpoint_step(checkpoint_dir)}) is kept in {checkpoint_dir}; "
                  f"continue from it with a lower learning rate: ffnprune prune --resume {workdir} --lr ...")
     else:
-        where = "no checkpoint was written yet (--checkpoint-every N keeps one); retry with a lower --lr"
+        where = "No checkpoint was written yet (--checkpoint-every N keeps one); retry with a lower --lr"
     raise FfnpruneError(f"the loss became {loss.item()} at step {step + 1}; training stopped. {where}")
 
 
