@@ -80,6 +80,8 @@ class TrainingOutcome:
     final_loss: float
     steps: int
     log: Path
+    pruner_state: dict[str, torch.Tensor]  # final scores and GUM statistics
+    processes: int
 
 
 def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty, train_examples: Examples,
@@ -177,7 +179,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     kept = pruner.kept()
     pruner.detach()
     accelerator.unwrap_model(wrapper).model.eval()
-    return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, log=log_path)
+    return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, log=log_path,
+                           pruner_state=pruner.state(), processes=accelerator.num_processes)
 
 
 def _evaluate(wrapper: PrunableModel, pruner: FinePruner, examples: Examples, batch_size: int) -> float:
