@@ -206,3 +206,13 @@ def test_the_hooks_drive_a_plain_pytorch_loop():
     pruner.detach()
     compact_mlps(model, adapter, kept)
     assert sum(adapter.mlp_widths(model)) == 80
+
+
+def test_the_shipped_config_file_is_valid():
+    from pathlib import Path
+
+    from ffnprune.config import read_yaml
+
+    path = Path(__file__).parents[1] / "configs" / "gum-wikitext.yaml"
+    config = build_config(PruneConfig, {**read_yaml(path, PruneConfig), "model": "m", "out": "o"})
+    assert config.method == "gum" and config.penalty.mu == 1.0 and config.training.lr == 5e-4
