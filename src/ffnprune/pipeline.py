@@ -82,7 +82,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
             (workdir / RUN_CONFIG).write_text(yaml.safe_dump(to_flat_dict(config), sort_keys=False))
-        say(f"checkpoints and log in {workdir}")
+            say(f"checkpoints and log in {workdir}")
     else:
         workdir = resume
         if not (workdir / CHECKPOINT / "trainer.json").is_file():

@@ -160,7 +160,9 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
         final_loss = totals["loss"]
         record = {"step": step + 1, **totals, "keep_scheduled": keep_scheduled,
                   "keep_actual": kept_now / sum(adapter.mlp_widths(model)), "lambda": penalty_weight,
-                  "lr": scheduler.get_last_lr()[0], "score_lr": scheduler.get_last_lr()[-1]}
+                  "lr": scheduler.get_last_lr()[0]}
+        if pruner.trainable_scores():
+            record["score_lr"] = scheduler.get_last_lr()[-1]
         if settings.eval_every and eval_examples is not None and (step + 1) % settings.eval_every == 0:
             record["eval_perplexity"] = _evaluate(accelerator.unwrap_model(wrapper), pruner, eval_examples,
                                                   settings.batch_size)
