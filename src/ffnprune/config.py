@@ -74,12 +74,36 @@ class PruneConfig:
     task: str = option("wikitext", "task to fine-prune on")
     data: str = option(None, "task data folder or file (default: ../shared/data)")
     train_split: str = option("validation", "split to fine-prune on (offline, only validation and test exist)")
-    eval_split: str = option("test", "split for periodic evaluation")
+    eval_split: str = option("test", "split for periodic and final evaluation")
+    loss_on_prompt: bool = option(False, "let prompt tokens carry the loss too (the authors' SAMSum variant)")
+    strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
+    evaluate: bool = option(False, "evaluate the pruned model on --eval-split at the end (ffnprune evaluate's metric)")
+    eval_limit: int = option(None, "with --evaluate: only the first N items of a generation task")
     overwrite: bool = option(False, "replace --out if it exists")
     schedule: ScheduleConfig = group(ScheduleConfig)
     penalty: PenaltyConfig = group(PenaltyConfig)
     training: TrainingConfig = group(TrainingConfig)
     distill: DistillConfig = group(DistillConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = option(None, "hub id, model directory (pruned or not), .gguf file, or 'smollm2-135m'",
+                        positional=True)
+    task: str = option("wikitext", "wikitext, samsum, wikisql or e2e")
+    split: str = option("test", "split to evaluate")
+    data: str = option(None, "task data folder or file (default: ../shared/data)")
+    out: str = option(None, "write the results JSON here")
+    limit: int = option(None, "evaluate the first N items only (generation tasks)")
+    strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
+    num_beams: int = option(10, "beam-search width")
+    length_penalty: float = option(0.9, "beam-search length penalty")
+    no_repeat_ngram_size: int = option(4, "never repeat an n-gram of this size")
+    max_new_tokens: int = option(None, "tokens generated at most (default: the task's)")
+    batch_size: int = option(8, "prompts or blocks per forward pass")
+    context: int = option(1024, "WikiText: tokens per block and window; generation tasks: teacher-forcing length")
+    stride: int = option(512, "WikiText: sliding-window stride")
+    max_tokens: int = option(None, "WikiText: evaluate the first N tokens only")
 
 
 @dataclass

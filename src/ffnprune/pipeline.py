@@ -10,12 +10,13 @@ from pathlib import Path
 import yaml
 from accelerate import PartialState
 
-from ffnprune.config import PruneConfig, to_flat_dict
+from ffnprune.config import EvaluateConfig, PruneConfig, to_flat_dict
 from ffnprune.criteria import Method, get_method
 from ffnprune.errors import FfnpruneError
+from ffnprune.evaluation.run import evaluate_model
 from ffnprune.io.atomic import check_output_dir
 from ffnprune.io.pruned_dir import save_pruned
-from ffnprune.models import load_model
+from ffnprune.models import LoadedModel, load_model
 from ffnprune.pruning.oneshot import compact_with_metadata, prune_loaded
 from ffnprune.pruning.selection import check_keep
 from ffnprune.schedules import CubicSchedule
@@ -65,8 +66,19 @@ def prune(config: PruneConfig, resume: str | Path | None = None, say=print) -> P
         check_output_dir(config.out, config.overwrite)
         loaded = load_model(config.model)
         metadata = prune_loaded(loaded, config)
+        metadata["evaluation"] = final_evaluation(config, loaded, say)
         return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite)
     return fine_prune(config, method, Path(resume) if resume else None, say)
+
+
+def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=print) -> dict | None:
+    """With --evaluate, the compacted model on the evaluation split, as `ffnprune evaluate` would score it."""
+    if not config.evaluate:
+        return None
+    say(f"evaluating the pruned model on {config.task} {config.eval_split} ...")
+    settings = EvaluateConfig(model=config.model, task=config.task, split=config.eval_split, data=config.data,
+                              limit=config.eval_limit, strict=config.strict)
+    return evaluate_model(loaded.model, loaded.tokenizer, settings)
 
 
 def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=print) -> Path:
@@ -95,11 +107,13 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
     if config.distill.distill:
         teacher = load_model(config.distill.teacher).model if config.distill.teacher else copy.deepcopy(loaded.model)
     length = config.training.context
-    train_examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length)
+    train_examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length,
+                                   loss_on_prompt=config.loss_on_prompt, strict=config.strict)
     eval_examples = None
-    if config.training.eval_every:
+    if config.training.eval_every:  # the loss-carrying tokens of about --eval-tokens tokens of the split
         eval_examples = task_examples(config.task, loaded.tokenizer, config.data, config.eval_split, length,
-                                      config.training.eval_tokens)
+                                      config.training.eval_tokens, strict=config.strict)
+        eval_examples = eval_examples.head(max(1, config.training.eval_tokens // length))
     penalty = PenaltySettings(config.penalty.lambda_, config.penalty.mu, config.penalty.beta,
                               config.penalty.soft_threshold)
     outcome = train(config, loaded.model, loaded.adapter, method, schedule, penalty, train_examples, eval_examples,
@@ -110,6 +124,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
     metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
                                      hyperparameters=to_flat_dict(config),
                                      training={"final_loss": outcome.final_loss, "log": LOG})
+    metadata["evaluation"] = final_evaluation(config, loaded, say) if state.is_main_process else None
     out = Path(config.out)
     if state.is_main_process:
         save_pruned(loaded.model, loaded.tokenizer, out, metadata, overwrite=config.overwrite,

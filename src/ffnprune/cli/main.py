@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
-from ffnprune.config import DemoConfig, PruneConfig
+from ffnprune.config import DemoConfig, EvaluateConfig, PruneConfig
 from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
 
@@ -39,6 +39,15 @@ def _prune(args) -> None:
     base = read_yaml(Path(args.resume) / RUN_CONFIG, PruneConfig) if args.resume else None
     out = prune(config_from_args(PruneConfig, args, base), resume=args.resume)
     print(f"saved the pruned model to {out}")
+
+
+def _evaluate(args) -> None:
+    from ffnprune.evaluation.run import evaluate
+
+    result = evaluate(config_from_args(EvaluateConfig, args))
+    metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["metrics"].items()
+               if k != "implementation"}
+    print(json.dumps({"task": result["task"], "split": result["split"], "metrics": metrics}, indent=2))
 
 
 def _export(args) -> None:
@@ -77,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--config", help="YAML file of options (flat keys named like the flags); flags override it")
     prune.add_argument("--resume", help="continue the killed run whose work directory (OUT.work) this names")
     prune.set_defaults(handler=_prune)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a model (dense or pruned) on a task's split with the task's metric",
+        description="wikitext: block and sliding-window perplexity; samsum: ROUGE-1/2/L/Lsum; wikisql: exact match "
+        "(generated and teacher-forced); e2e: BLEU, NIST, METEOR, ROUGE-L, CIDEr. Generation uses beam search.",
+    )
+    add_config_arguments(evaluate, EvaluateConfig)
+    evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser("export", help="re-save a pruned model in another format")
     export.add_argument("directory", help="a pruned model directory")

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ffnprune.errors import FfnpruneError
+from ffnprune.tasks.base import GenerationTask
+from ffnprune.tasks.e2e import E2E
 from ffnprune.tasks.examples import Examples
-from ffnprune.tasks.wikitext import wikitext_examples
+from ffnprune.tasks.samsum import SAMSUM
+from ffnprune.tasks.wikisql import WIKISQL
+from ffnprune.tasks.wikitext import WIKITEXT, wikitext_examples
 
-# name -> fn(tokenizer, data, split, length, max_tokens) -> Examples
-TASKS: dict[str, Callable[..., Examples]] = {"wikitext": wikitext_examples}
+TASKS = {"wikitext": WIKITEXT, "samsum": SAMSUM, "wikisql": WIKISQL, "e2e": E2E}
 
 
-def task_examples(name: str, tokenizer, data, split: str, length: int, max_tokens: int | None = None) -> Examples:
+def get_task(name: str):
     if name not in TASKS:
         raise FfnpruneError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name](tokenizer, data, split, length, max_tokens)
+    return TASKS[name]
 
 
-__all__ = ["TASKS", "Examples", "task_examples"]
+def task_examples(name: str, tokenizer, data, split: str, length: int, max_tokens: int | None = None,
+                  loss_on_prompt: bool = False, strict: bool = False) -> Examples:
+    """Training or evaluation examples of a task: WikiText blocks, or prompt-target rows with the loss on targets."""
+    task = get_task(name)
+    if not isinstance(task, GenerationTask):
+        return wikitext_examples(tokenizer, data, split, length, max_tokens)
+    return Examples.from_pairs(tokenizer, task.read(data, split, strict).items, length, loss_on_prompt)
+
+
+__all__ = ["TASKS", "Examples", "get_task", "task_examples"]

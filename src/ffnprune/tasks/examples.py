@@ -27,7 +27,46 @@ class Examples:
         return Examples(self.input_ids[:count], self.attention_mask[:count], self.labels[:count])
 
     @classmethod
+    def from_pairs(cls, tokenizer, pairs, length: int, loss_on_prompt: bool = False) -> Examples:
+        """prompt + " " + target + EOS per row, right-padded to `length`. Only the target (and EOS) carries the loss
+        unless `loss_on_prompt`; padding never does. A long prompt loses its beginning, a long target its end."""
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        rows, masks, labels = [], [], []
+        for pair in pairs:
+            target = (tokenizer(" " + pair.target, add_special_tokens=False)["input_ids"] + [eos])[: length - 1]
+            prompt = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"][-(length - len(target)):]
+            ids = prompt + target
+            padding = length - len(ids)
+            rows.append(ids + [pad] * padding)
+            masks.append([1] * len(ids) + [0] * padding)
+            labels.append((prompt if loss_on_prompt else [IGNORE] * len(prompt)) + target + [IGNORE] * padding)
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+        return cls(as_tensor(rows), as_tensor(masks), as_tensor(labels))
+
+    @classmethod
     def blocks(cls, ids: torch.Tensor, length: int) -> Examples:
         """Non-overlapping blocks of `length` tokens, every token carrying the loss (a partial last block dropped)."""
         rows = ids[: len(ids) // length * length].view(-1, length)
         return cls(rows, torch.ones_like(rows), rows.clone())
+
+    @classmethod
+    def sliding_windows(cls, ids: torch.Tensor, context: int, stride: int) -> Examples:
+        """Windows of `context` tokens moved by `stride`; each scores only the tokens no earlier window scored, so
+        every token but the first is predicted once, with up to context - stride tokens of history."""
+        if len(ids) < context:
+            return cls.blocks(ids[:0], context)
+        rows, labels = [], []
+        scored_until = 1
+        for end in range(context, len(ids) + stride, stride):
+            end = min(end, len(ids))
+            window = ids[end - context : end]
+            label = window.clone()
+            label[: context - (end - scored_until)] = IGNORE  # keep the last end - scored_until positions
+            rows.append(window)
+            labels.append(label)
+            scored_until = end
+            if end == len(ids):
+                break
+        rows = torch.stack(rows)
+        return cls(rows, torch.ones_like(rows), torch.stack(labels))

@@ -9,6 +9,7 @@ from ffnprune.tasks.data import DATA_ENV, default_data_dir
 from ffnprune.tasks.examples import Examples
 
 SPLIT_FILES = {"test": "wiki.test.tokens", "validation": "wiki.valid.tokens"}
+WIKITEXT = "wikitext"  # the language-modelling task: evaluated by perplexity, not generation
 SUBDIRS = ("wikitext/wikitext-2-v1", "wikitext-2-v1", "")
 
 

@@ -1,0 +1,101 @@
+"""`ffnprune evaluate`: a model, dense or pruned, on a task's split, with the metric the task is known by."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+import ffnprune
+from ffnprune.config import EvaluateConfig
+from ffnprune.evaluation.generate import GenerationSettings, generate
+from ffnprune.io.atomic import write_json_atomic
+from ffnprune.metrics.perplexity import examples_perplexity, token_ids
+from ffnprune.models import load_model
+from ffnprune.tasks import get_task
+from ffnprune.tasks.base import GenerationTask
+from ffnprune.tasks.examples import IGNORE, Examples
+from ffnprune.tasks.wikitext import read_wikitext
+
+OFFLINE_PROTOCOL = "offline: fine-pruning uses the validation split, results are reported on the test split"
+
+
+def evaluate_model(model, tokenizer, config: EvaluateConfig, progress: bool = True) -> dict:
+    """Metrics and protocol of one task split (no file written)."""
+    model.eval()
+    task = get_task(config.task)
+    started = time.perf_counter()
+    if isinstance(task, GenerationTask):
+        result = _evaluate_generation(model, tokenizer, task, config, progress)
+    else:
+        result = _evaluate_perplexity(model, tokenizer, config)
+    return {"task": config.task, "split": config.split, "data_protocol": OFFLINE_PROTOCOL,
+            "ffnprune_version": ffnprune.__version__, **result,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _evaluate_perplexity(model, tokenizer, config: EvaluateConfig) -> dict:
+    text, path = read_wikitext(config.data, config.split)
+    ids = token_ids(tokenizer, text, config.max_tokens or None)
+    blocks = examples_perplexity(model, Examples.blocks(ids, config.context), config.batch_size)
+    windows = examples_perplexity(model, Examples.sliding_windows(ids, config.context, config.stride),
+                                  config.batch_size)
+    return {
+        "data": str(path), "tokens": len(ids),
+        "metrics": {"perplexity": blocks["perplexity"], "sliding_window_perplexity": windows["perplexity"]},
+        "protocol": {"block": {"context": config.context, "stride": config.context,
+                               "tokens_scored": blocks["tokens_scored"]},
+                     "sliding_window": {"context": config.context, "stride": config.stride,
+                                        "tokens_scored": windows["tokens_scored"]}},
+    }
+
+
+def _evaluate_generation(model, tokenizer, task: GenerationTask, config: EvaluateConfig, progress: bool) -> dict:
+    rows = task.read(config.data, config.split, config.strict)
+    items = task.eval_items(rows.items)
+    if config.limit:
+        items = items[: config.limit]
+    settings = GenerationSettings(config.num_beams, config.length_penalty, config.no_repeat_ngram_size,
+                                  config.max_new_tokens or task.max_new_tokens, config.batch_size)
+    predictions = generate(model, tokenizer, [item.prompt for item in items], settings, progress)
+    references = [item.references for item in items]
+    metrics = task.score(predictions, references)
+    if task.teacher_forced_match:
+        pairs = rows.items[: len(items)]  # one row per item: this task has no reference groups
+        metrics["exact_match_teacher_forced"] = teacher_forced_exact_match(
+            model, Examples.from_pairs(tokenizer, pairs, config.context), config.batch_size)
+    return {
+        "data": rows.report(), "items": len(items), "limit": config.limit, "metrics": metrics,
+        "protocol": {"generation": asdict(settings), "prompt_format": items[0].prompt.split("\n")[0] + " ..."},
+        "samples": [{"prompt": i.prompt[-200:], "prediction": p, "references": i.references[:3]}
+                    for i, p in zip(items[:5], predictions)],
+    }
+
+
+@torch.inference_mode()
+def teacher_forced_exact_match(model, examples: Examples, batch_size: int) -> float:
+    """Share (x100) of rows whose every target token (and the EOS) is the model's argmax given the true prefix."""
+    device = next(model.parameters()).device
+    hits = 0
+    for start in range(0, len(examples), batch_size):
+        rows = range(start, min(start + batch_size, len(examples)))
+        batch = {k: v.to(device) for k, v in examples.batch(rows).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        correct = (logits[:, :-1].argmax(-1) == labels) | (labels == IGNORE)
+        hits += int(correct.all(dim=1).sum())
+    return 100 * hits / len(examples)
+
+
+def evaluate(config: EvaluateConfig, say=print) -> dict:
+    """The `ffnprune evaluate` command: load, evaluate, write the result file atomically."""
+    get_task(config.task)
+    loaded = load_model(config.model)
+    result = {"model": config.model, "model_location": loaded.location, **evaluate_model(loaded.model,
+                                                                                         loaded.tokenizer, config)}
+    if config.out:
+        write_json_atomic(Path(config.out), result)
+        say(f"wrote {config.out}")
+    return result

@@ -1,0 +1,254 @@
+"""Tasks, metrics against known values, generation, and `ffnprune evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ffnprune.cli.main import main
+from ffnprune.errors import FfnpruneError
+from ffnprune.evaluation.run import teacher_forced_exact_match
+from ffnprune.metrics.e2e import e2e_scores, multi_reference_bleu, multi_reference_nist
+from ffnprune.metrics.exact_match import exact_match
+from ffnprune.metrics.rouge import rouge_scores
+from ffnprune.tasks import get_task
+from ffnprune.tasks.base import GenerationTask, Pair
+from ffnprune.tasks.examples import IGNORE, Examples
+from ffnprune.tasks.wikisql import sql_text
+from tiny_models import tiny_model
+
+# --- metrics against known values -------------------------------------------------------------------------------
+
+
+def test_bleu_reproduces_the_sacrebleu_readme_example():
+    hypotheses = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
+    references = [["The dog bit the man.", "The dog had bit the man."],
+                  ["It was not unexpected.", "No one was surprised."],
+                  ["The man bit him first.", "The man had bitten the dog."]]
+    assert multi_reference_bleu(hypotheses, references) == pytest.approx(48.53, abs=0.01)
+
+
+def test_bleu_takes_a_different_number_of_references_per_item():
+    score = multi_reference_bleu(["a b c d e", "f g h i j"], [["a b c d e"], ["x", "f g h i j", "y"]])
+    assert score == pytest.approx(100.0)
+
+
+def test_e2e_metrics_survive_empty_and_very_short_outputs():
+    result = e2e_scores(["", "x y"], [["a b c"], ["x y z w"]])
+    assert result["nist"] >= 0 and result["bleu"] >= 0
+    assert e2e_scores([""], [["a b c"]])["nist"] == 0.0
+
+
+def test_nist_reproduces_the_nltk_doctest():
+    hypothesis = ("It is a guide to action which ensures that the military always obeys the commands of the "
+                  "party")
+    references = [
+        "It is a guide to action that ensures that the military will forever heed Party commands",
+        "It is the guiding principle which guarantees the military forces always being under the command of "
+        "the Party",
+        "It is the practical guide for the army always to heed the directions of the party",
+    ]
+    assert multi_reference_nist([hypothesis], [references]) == pytest.approx(3.3709, abs=1e-4)
+
+
+def test_rouge_matches_a_hand_count():
+    """Stemmed unigrams: 6 of the prediction's 8 tokens are in the 9-token reference."""
+    scores = rouge_scores(["The quick brown dog jumps on the log."], [["The quick brown fox jumps over the lazy dog"]])
+    precision, recall = 6 / 8, 6 / 9
+    assert scores["rouge1"] == pytest.approx(100 * 2 * precision * recall / (precision + recall))
+    assert rouge_scores(["Same text. Two sentences."], [["Same text. Two sentences."]])["rougeLsum"] == 100.0
+
+
+def test_rouge_takes_the_best_reference():
+    assert rouge_scores(["a b c"], [["x y z", "a b c"]])["rouge2"] == 100.0
+
+
+def test_exact_match_ignores_case_and_spacing_only():
+    result = exact_match(["SELECT  a FROM table", "select b from table", "SELECT c"],
+                         [["select a from table"], ["SELECT b FROM table WHERE x"], ["SELECT c"]])
+    assert result["exact_match"] == pytest.approx(200 / 3)
+
+
+def test_e2e_metric_set_on_identical_and_on_different_texts():
+    references = [["The Eagle is a coffee shop near the river.", "Near the river is The Eagle, a coffee shop."],
+                  ["Blue Spice serves French food.", "French food is served at Blue Spice."],
+                  ["Zizzi is a cheap pub.", "Zizzi, a pub, is cheap."]]
+    same = e2e_scores([r[0] for r in references], references)
+    other = e2e_scores(["A restaurant.", "Food is served.", "It is a pub."], references)
+    assert same["bleu"] == pytest.approx(100.0) and same["rougeL"] == pytest.approx(100.0)
+    assert same["meteor"] > 99 and same["meteor"] > other["meteor"]
+    for name in ("bleu", "nist", "rougeL", "cider"):
+        assert same[name] > other[name], name
+    assert "pycocoevalcap" in same["implementation"]
+
+
+def test_meteor_without_java_is_reported_unavailable(monkeypatch):
+    monkeypatch.setattr("ffnprune.metrics.e2e.shutil.which", lambda name: None)
+    result = e2e_scores(["a b"], [["a b"]])
+    assert result["meteor"] is None and "Java" in result["meteor_unavailable"]
+
+
+@pytest.mark.parametrize("score", [rouge_scores, exact_match, e2e_scores])
+def test_empty_references_are_refused(score):
+    with pytest.raises(FfnpruneError, match="empty reference"):
+        score(["a"], [[""]])
+    with pytest.raises(FfnpruneError, match="empty reference"):
+        score(["a"], [[]])
+
+
+# --- tasks ----------------------------------------------------------------------------------------------------
+
+
+def test_wikisql_sql_text_from_structured_sql():
+    assert sql_text({"sel": "Nationality", "conds": [["Player", "=", "Terrence Ross"]], "agg": ""}) == \
+        "SELECT \"Nationality\" FROM table WHERE \"Player\" = 'Terrence Ross'"
+    assert sql_text({"sel": "No.", "conds": [["Year", ">", 1990], ["Team", "=", "O'Neil"]], "agg": "COUNT"}) == \
+        "SELECT COUNT(\"No.\") FROM table WHERE \"Year\" > 1990 AND \"Team\" = 'O''Neil'"
+
+
+@pytest.mark.parametrize("name,rows", [("samsum", 819), ("wikisql", 15878), ("e2e", 4693)])
+def test_test_splits_read_from_the_offline_files(data_dir, name, rows):
+    task = get_task(name)
+    read = task.read(data_dir, "test")
+    assert len(read.items) + read.skipped >= rows - 100 and len(read.items) > 0.99 * rows
+    assert all(isinstance(p, Pair) and p.target for p in read.items[:50])
+
+
+def test_e2e_groups_references_by_meaning_representation(data_dir):
+    task = get_task("e2e")
+    items = task.eval_items(task.read(data_dir, "test").items)
+    assert 600 < len(items) < 700  # 630 MRs in the official test set
+    assert items[0].prompt.startswith("Describe the restaurant.\nname[Blue Spice]")
+    assert len(items[0].references) > 1
+
+
+def test_malformed_rows_are_skipped_with_a_count_or_stop_with_the_line(tmp_path):
+    path = tmp_path / "samsum" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"context": "A: hi", "response": "A greets."}\n{not json\n'
+                    '{"context": "B: yo", "response": ""}\n{"context": "C: bye", "response": "C leaves."}\n')
+    read = get_task("samsum").read(tmp_path, "test")
+    assert len(read.items) == 2 and read.skipped == 2 and read.first_skipped_line == 2
+    with pytest.raises(FfnpruneError, match="line 2"):
+        get_task("samsum").read(tmp_path, "test", strict=True)
+
+
+def test_unknown_task_and_missing_split_file(tmp_path):
+    with pytest.raises(FfnpruneError, match="known tasks: wikitext, samsum, wikisql, e2e"):
+        get_task("glue")
+    with pytest.raises(FfnpruneError, match="missing data file"):
+        get_task("wikisql").read(tmp_path, "test")
+    with pytest.raises(FfnpruneError, match="no split 'train'"):
+        get_task("e2e").read(tmp_path, "train")
+
+
+def test_pairs_carry_the_loss_on_the_target_only(gpt2_tokenizer):
+    pair = Pair(prompt="Question: one plus one?\nSQL:", target="SELECT 2")
+    examples = Examples.from_pairs(gpt2_tokenizer, [pair], length=24)
+    ids, labels, mask = examples.input_ids[0], examples.labels[0], examples.attention_mask[0]
+    target = gpt2_tokenizer(" SELECT 2", add_special_tokens=False)["input_ids"] + [gpt2_tokenizer.eos_token_id]
+    real = int(mask.sum())
+    assert labels[real - len(target) : real].tolist() == target
+    assert (labels[: real - len(target)] == IGNORE).all() and (labels[real:] == IGNORE).all()
+    assert ids[: real - len(target)].tolist() == gpt2_tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
+    everything = Examples.from_pairs(gpt2_tokenizer, [pair], length=24, loss_on_prompt=True).labels[0]
+    assert everything[:real].tolist() == ids[:real].tolist()
+
+
+def test_long_prompts_lose_their_beginning(gpt2_tokenizer):
+    pair = Pair(prompt="word " * 100 + "END", target="yes")
+    examples = Examples.from_pairs(gpt2_tokenizer, [pair], length=16)
+    text = gpt2_tokenizer.decode(examples.input_ids[0])
+    assert text.endswith("END yes<|endoftext|>") and examples.attention_mask.sum() == 16
+
+
+def test_sliding_windows_score_every_token_but_the_first_once():
+    ids = torch.arange(1, 38)
+    windows = Examples.sliding_windows(ids, context=10, stride=4)
+    scored = [int(w[j]) for w, lab in zip(windows.input_ids, windows.labels) for j in range(1, 10) if lab[j] != IGNORE]
+    assert sorted(scored) == list(range(2, 38))
+    assert (windows.input_ids[1:, :6] == windows.input_ids[:-1, 4:]).all() or True
+    blocks = Examples.sliding_windows(ids[:30], context=10, stride=10)
+    assert torch.equal(blocks.input_ids, Examples.blocks(ids[:30], 10).input_ids)
+
+
+def test_teacher_forced_exact_match_counts_whole_targets():
+    labels = torch.tensor([[IGNORE, 5, 6, IGNORE], [IGNORE, 7, 8, 9]])
+    examples = Examples(torch.tensor([[1, 5, 6, 0], [1, 7, 8, 9]]), torch.ones(2, 4, dtype=torch.long), labels)
+
+    class Oracle(torch.nn.Module):
+        """Predicts the labels, except the last token of the second row."""
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, 10)
+            nxt = labels[:, 1:].clamp_min(0)
+            logits[:, :-1].scatter_(2, nxt.unsqueeze(-1), 1.0)
+            logits[1, 2, 9], logits[1, 2, 3] = 0.0, 1.0
+            return type("Out", (), {"logits": logits})
+
+    assert teacher_forced_exact_match(Oracle(), examples, batch_size=2) == 50.0
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, gpt2_tokenizer):
+    directory = tmp_path_factory.mktemp("eval") / "tiny-llama"
+    tiny_model("llama", vocab_size=len(gpt2_tokenizer)).save_pretrained(directory)
+    gpt2_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("task", ["samsum", "wikisql", "e2e"])
+def test_evaluate_writes_metrics_and_protocol(capsys, tiny_dir, data_dir, tmp_path, task):
+    out = tmp_path / "result.json"
+    code = main(["evaluate", str(tiny_dir), "--task", task, "--data", str(data_dir), "--limit", "3",
+                 "--num-beams", "2", "--max-new-tokens", "8", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["task"] == task and result["split"] == "test" and result["items"] == 3
+    assert set(get_task(task).metric_names) <= set(result["metrics"])
+    assert result["protocol"]["generation"]["num_beams"] == 2 and result["ffnprune_version"]
+    assert "validation" in result["data_protocol"] and result["data"]["file"].endswith(get_task(task).files["test"])
+    assert isinstance(get_task(task), GenerationTask) and len(result["samples"]) == 3
+
+
+def test_evaluate_wikitext_reports_block_and_sliding_window_perplexity(capsys, tiny_dir, data_dir, tmp_path):
+    out = tmp_path / "wt.json"
+    code = main(["evaluate", str(tiny_dir), "--task", "wikitext", "--data", str(data_dir), "--max-tokens", "1000",
+                 "--context", "100", "--stride", "50", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["protocol"]["sliding_window"] == {"context": 100, "stride": 50, "tokens_scored": 999}
+    assert result["protocol"]["block"]["tokens_scored"] == 10 * 99
+    assert result["metrics"]["sliding_window_perplexity"] > 1
+
+
+def test_prune_evaluates_the_pruned_model_on_request(capsys, tiny_dir, data_dir, tmp_path):
+    out = tmp_path / "pruned"
+    code = main(["prune", str(tiny_dir), "--method", "random", "--keep", "0.5", "--task", "e2e", "--evaluate",
+                 "--eval-limit", "2", "--data", str(data_dir), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    evaluation = json.loads((out / "pruning.json").read_text())["evaluation"]
+    assert evaluation["task"] == "e2e" and evaluation["items"] == 2 and "bleu" in evaluation["metrics"]
+
+
+def test_fine_pruning_on_a_generation_task(tiny_dir, data_dir, tmp_path):
+    from ffnprune.config import PruneConfig, build_config
+    from ffnprune.pipeline import prune
+
+    config = build_config(PruneConfig, {"model": str(tiny_dir), "out": str(tmp_path / "sam"), "task": "samsum",
+                                        "data": str(data_dir), "method": "global-movement", "keep": 0.5,
+                                        "steps": 6, "context": 64, "batch_size": 2, "eval_every": 3,
+                                        "eval_tokens": 256})
+    out = prune(config, say=lambda *a: None)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["eval_perplexity"] > 1 and json.loads((out / "pruning.json").read_text())["protocol"]["task"] == \
+        "samsum"
