@@ -98,6 +98,13 @@ def test_empty_references_are_refused(score):
         score(["a"], [[]])
 
 
+def test_the_prediction_is_the_first_non_empty_line():
+    from ffnprune.evaluation.generate import first_line
+
+    assert first_line("\n  Amanda will call.\nNext question:") == "Amanda will call."
+    assert first_line("\n\n") == ""
+
+
 # --- tasks ----------------------------------------------------------------------------------------------------
 
 

@@ -27,8 +27,8 @@ def _prepare_tokenizer(tokenizer):
 
 
 def first_line(text: str) -> str:
-    """Targets are one line: cut the generation at its first line break."""
-    return text.strip().split("\n", 1)[0].strip()
+    """Targets are one line: the generation's first non-empty line (models often open with a line break)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 @torch.inference_mode()
@@ -43,7 +43,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
             **batch, num_beams=settings.num_beams, length_penalty=settings.length_penalty,
             no_repeat_ngram_size=settings.no_repeat_ngram_size, max_new_tokens=settings.max_new_tokens,
             early_stopping=True, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, stop_strings=["\n"], tokenizer=tokenizer,
+            eos_token_id=tokenizer.eos_token_id,
         )
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         outputs.extend(first_line(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
