@@ -259,3 +259,10 @@ def test_fine_pruning_on_a_generation_task(tiny_dir, data_dir, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["eval_perplexity"] > 1 and json.loads((out / "pruning.json").read_text())["protocol"]["task"] == \
         "samsum"
+
+
+def test_evaluate_checks_the_data_before_loading_the_model(capsys, tmp_path):
+    code = main(["evaluate", str(tmp_path / "no-model"), "--task", "samsum", "--data", str(tmp_path)])
+    assert code == 2 and "missing data file" in capsys.readouterr().err
+    code = main(["evaluate", str(tmp_path / "no-model"), "--task", "summarise"])
+    assert code == 2 and "unknown task 'summarise'" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ffnprune.models import load_model
 from ffnprune.tasks import get_task
 from ffnprune.tasks.base import GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
-from ffnprune.tasks.wikitext import read_wikitext
+from ffnprune.tasks.wikitext import read_wikitext, wikitext_file
 
 OFFLINE_PROTOCOL = "offline: fine-pruning uses the validation split, results are reported on the test split"
 
@@ -89,9 +90,20 @@ def teacher_forced_exact_match(model, examples: Examples, batch_size: int) -> fl
     return 100 * hits / len(examples)
 
 
+def check_data(config: EvaluateConfig) -> None:
+    """Fail on a bad task, split or data path before a model is loaded."""
+    task = get_task(config.task)
+    if isinstance(task, GenerationTask):
+        task.path(config.data, config.split)
+        return
+    wikitext_file(config.data, config.split)
+    if config.limit:
+        warnings.warn("--limit counts items of generation tasks; for WikiText use --max-tokens", stacklevel=2)
+
+
 def evaluate(config: EvaluateConfig, say=print) -> dict:
     """The `ffnprune evaluate` command: load, evaluate, write the result file atomically."""
-    get_task(config.task)
+    check_data(config)
     loaded = load_model(config.model)
     result = {"model": config.model, "model_location": loaded.location, **evaluate_model(loaded.model,
                                                                                          loaded.tokenizer, config)}
