@@ -266,3 +266,22 @@ def test_evaluate_checks_the_data_before_loading_the_model(capsys, tmp_path):
     assert code == 2 and "missing data file" in capsys.readouterr().err
     code = main(["evaluate", str(tmp_path / "no-model"), "--task", "summarise"])
     assert code == 2 and "unknown task 'summarise'" in capsys.readouterr().err
+
+
+def test_hub_records_map_to_the_same_pairs_as_the_offline_files():
+    from ffnprune.tasks import e2e, samsum, wikisql
+
+    assert samsum.parse_hub({"dialogue": "A: hi\r\nB: yo", "summary": "They greet."}) == \
+        samsum.parse({"context": "A: hi\r\nB: yo", "response": "They greet."})
+    assert e2e.parse_hub({"meaning_representation": "name[X]", "human_reference": "X."}) == \
+        e2e.parse({"mr": "name[X]", "ref": "X."})
+    hub = {"question": "Who?", "table": {"header": ["Player", "Nationality", "Year"]},
+           "sql": {"sel": 1, "agg": 3, "conds": {"column_index": [0, 2], "operator_index": [0, 1],
+                                                 "condition": ["Terrence Ross", "1990"]}}}
+    assert wikisql.parse_hub(hub).target == \
+        "SELECT COUNT(\"Nationality\") FROM table WHERE \"Player\" = 'Terrence Ross' AND \"Year\" > '1990'"
+
+
+def test_data_hub_offline_says_how_to_work_offline():
+    with pytest.raises(FfnpruneError, match="omit --data hub"):
+        get_task("samsum").read("hub", "test")

@@ -16,7 +16,7 @@ from ffnprune.io.atomic import write_json_atomic
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
 from ffnprune.models import load_model
 from ffnprune.tasks import get_task
-from ffnprune.tasks.base import GenerationTask
+from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
 from ffnprune.tasks.wikitext import read_wikitext, wikitext_file
 
@@ -93,11 +93,13 @@ def teacher_forced_exact_match(model, examples: Examples, batch_size: int) -> fl
 def check_data(config: EvaluateConfig) -> None:
     """Fail on a bad task, split or data path before a model is loaded."""
     task = get_task(config.task)
-    if isinstance(task, GenerationTask):
+    if str(config.data) == HUB:
+        pass  # checked when read
+    elif isinstance(task, GenerationTask):
         task.path(config.data, config.split)
-        return
-    wikitext_file(config.data, config.split)
-    if config.limit:
+    else:
+        wikitext_file(config.data, config.split)
+    if config.limit and not isinstance(task, GenerationTask):
         warnings.warn("--limit counts items of generation tasks; for WikiText use --max-tokens", stacklevel=2)
 
 

@@ -8,7 +8,23 @@ from pathlib import Path
 
 from ffnprune.errors import FfnpruneError
 from ffnprune.tasks.data import DATA_ENV, default_data_dir
-from ffnprune.tasks.rows import Rows, read_rows
+from ffnprune.tasks.rows import Rows, parse_rows, read_rows
+
+HUB = "hub"  # --data hub: read the task's dataset from the Hugging Face hub (needs network)
+
+
+def load_hub_split(path: str, name: str | None, split: str):
+    """A hub dataset split as an iterable of records, or an error that says how to work offline."""
+    try:
+        import datasets
+
+        return datasets.load_dataset(path, name, split=split)
+    except ImportError as error:
+        raise FfnpruneError("--data hub needs the datasets package: pip install datasets") from error
+    except Exception as error:  # datasets raises many types for network and missing-split failures
+        where = f"{path}/{name}" if name else path
+        raise FfnpruneError(f"could not read {where} split {split!r} from the hub ({error}); offline, omit "
+                            "--data hub to use ../shared/data, or pass --data PATH") from error
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,8 @@ class GenerationTask:
     files: dict[str, str]  # split -> path under the data folder
     parse: Callable[[object], Pair]
     score: Callable[[list[str], list[list[str]]], dict]
+    hub: tuple[str, str | None]  # (dataset, configuration) on the hub
+    parse_hub: Callable[[dict], Pair]
     max_new_tokens: int
     metric_names: tuple[str, ...]
     teacher_forced_match: bool = False  # also report exact match under teacher forcing
@@ -49,6 +67,9 @@ class GenerationTask:
         return path
 
     def read(self, data: str | Path | None, split: str, strict: bool = False) -> Rows:
+        if str(data) == HUB:
+            records = enumerate(load_hub_split(*self.hub, split), start=1)
+            return parse_rows(f"hub:{self.hub[0]}/{split}", records, self.parse_hub, strict)
         return read_rows(self.path(data, split), self.parse, strict)
 
     @staticmethod

@@ -13,9 +13,9 @@ from ffnprune.errors import FfnpruneError
 
 @dataclass
 class Rows:
-    """Parsed rows of one file, and what was skipped."""
+    """Parsed rows of one file (or hub split), and what was skipped."""
 
-    source: Path
+    source: Path | str
     items: list = field(default_factory=list)
     skipped: int = 0
     first_skipped_line: int | None = None
@@ -45,21 +45,26 @@ def _records(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def read_rows(path: Path, parse: Callable[[object], object], strict: bool = False) -> Rows:
-    """Apply `parse` to every record; it raises KeyError/ValueError/TypeError for a malformed one."""
-    rows = Rows(path)
-    for number, record in _records(path):
+    """Apply `parse` to every record of a file; it raises KeyError/ValueError/TypeError for a malformed one."""
+    return parse_rows(path, _records(path), parse, strict)
+
+
+def parse_rows(source, records, parse: Callable[[object], object], strict: bool = False) -> Rows:
+    """Apply `parse` to (line number, record) pairs, skipping and counting malformed records (or stopping)."""
+    rows = Rows(source)
+    for number, record in records:
         try:
             if isinstance(record, Exception):
                 raise ValueError(str(record))
             rows.items.append(parse(record))
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             if strict:
-                raise FfnpruneError(f"{path}, line {number}: malformed row ({error!r}); fix or remove it, or run "
+                raise FfnpruneError(f"{source}, line {number}: malformed row ({error!r}); fix or remove it, or run "
                                     "without --strict to skip malformed rows") from None
             rows.skipped += 1
             rows.first_skipped_line = rows.first_skipped_line or number
     if not rows.items:
-        raise FfnpruneError(f"{path} holds no usable row ({rows.skipped} malformed)")
+        raise FfnpruneError(f"{source} holds no usable row ({rows.skipped} malformed)")
     return rows
 
 

@@ -29,9 +29,29 @@ def sql_text(sql: dict) -> str:
     return text
 
 
+HUB_AGGREGATES = ("", "MAX", "MIN", "COUNT", "SUM", "AVG")
+HUB_OPERATORS = ("=", ">", "<")
+
+
+def pair(question: str, sql: dict) -> Pair:
+    return Pair(prompt=f"Translate the question into SQL.\nQuestion: {question}\nSQL:", target=sql_text(sql))
+
+
 def parse(record: dict) -> Pair:
-    return Pair(prompt=f"Translate the question into SQL.\nQuestion: {text_field(record, 'question')}\nSQL:",
-                target=sql_text(record["sql"]))
+    return pair(text_field(record, "question"), record["sql"])
+
+
+def parse_hub(record: dict) -> Pair:
+    """The hub's wikisql names columns by index into the table header; map it to v2's structured SQL."""
+    header, sql = record["table"]["header"], record["sql"]
+    conds = sql["conds"]
+    structured = {
+        "sel": header[sql["sel"]],
+        "agg": HUB_AGGREGATES[sql["agg"]],
+        "conds": [[header[c], HUB_OPERATORS[o], v]
+                  for c, o, v in zip(conds["column_index"], conds["operator_index"], conds["condition"])],
+    }
+    return pair(text_field(record, "question"), structured)
 
 
 WIKISQL = GenerationTask(
@@ -39,6 +59,8 @@ WIKISQL = GenerationTask(
     files={"validation": "wikisql/v2/dev.jsonl", "test": "wikisql/v2/test.jsonl"},
     parse=parse,
     score=exact_match,
+    hub=("wikisql", None),
+    parse_hub=parse_hub,
     max_new_tokens=64,
     metric_names=("exact_match",),
     teacher_forced_match=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ffnprune.errors import FfnpruneError
+from ffnprune.tasks.base import HUB, load_hub_split
 from ffnprune.tasks.data import DATA_ENV, default_data_dir
 from ffnprune.tasks.examples import Examples
 
@@ -31,7 +32,13 @@ def wikitext_file(data: str | Path | None, split: str) -> Path:
                         f"holds wikitext/wikitext-2-v1/{SPLIT_FILES[split]}, or the file itself")
 
 
-def read_wikitext(data: str | Path | None, split: str = "test") -> tuple[str, Path]:
+HUB_DATASET = ("wikitext", "wikitext-103-raw-v1")
+
+
+def read_wikitext(data: str | Path | None, split: str = "test") -> tuple[str, Path | str]:
+    if str(data) == HUB:
+        text = "".join(record["text"] for record in load_hub_split(*HUB_DATASET, split))
+        return text, f"hub:{'/'.join(HUB_DATASET)}/{split}"
     path = wikitext_file(data, split)
     text = path.read_text(encoding="utf-8")
     if not text.strip():
