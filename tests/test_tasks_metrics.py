@@ -285,3 +285,11 @@ def test_hub_records_map_to_the_same_pairs_as_the_offline_files():
 def test_data_hub_offline_says_how_to_work_offline():
     with pytest.raises(FfnpruneError, match="omit --data hub"):
         get_task("samsum").read("hub", "test")
+
+
+def test_batches_drop_the_padding_every_row_ends_with(gpt2_tokenizer):
+    pairs = [Pair("a", "b"), Pair("a longer prompt here", "and a longer target")]
+    examples = Examples.from_pairs(gpt2_tokenizer, pairs, length=64)
+    batch = examples.batch([0, 1])
+    assert batch["input_ids"].shape[1] == int(examples.attention_mask[1].sum()) < 64
+    assert examples.batch([0])["input_ids"].shape[1] == int(examples.attention_mask[0].sum())

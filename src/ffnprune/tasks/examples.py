@@ -19,9 +19,12 @@ class Examples:
         return len(self.input_ids)
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
+        """The rows, without the padding columns that every one of them ends with (rows are right-padded)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
-                "labels": self.labels[index]}
+        mask = self.attention_mask[index]
+        width = int(mask.sum(dim=1).max())
+        return {"input_ids": self.input_ids[index, :width], "attention_mask": mask[:, :width],
+                "labels": self.labels[index, :width]}
 
     def head(self, count: int) -> Examples:
         return Examples(self.input_ids[:count], self.attention_mask[:count], self.labels[:count])
