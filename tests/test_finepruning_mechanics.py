@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from ffnprune.adapters import adapter_for
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
-from ffnprune.pruning.penalty import CosineStatistics, penalty_weights, score_penalty
+from ffnprune.pruning.penalty import penalty_weights, score_penalty
 from ffnprune.pruning.selection import global_top_v, kept_count
+from ffnprune.pruning.statistics import CosineStatistics
 from ffnprune.schedules import CubicSchedule
 from ffnprune.training.distill import distillation_loss
 from ffnprune.training.hooks import FinePruner, PenaltySettings

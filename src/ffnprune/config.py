@@ -107,6 +107,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class AnalyzeConfig:
+    model: str = option(None, "model (dense or pruned) to analyse", positional=True)
+    out: str = option(None, "directory for redundancy.json, neurons.safetensors and the plots")
+    task: str = option("wikitext", "task whose data the measures run on")
+    split: str = option("test", "split of the task")
+    data: str = option(None, "task data folder or file (default: ../shared/data)")
+    max_tokens: int = option(16384, "tokens of data (WikiText), or about that many for generation tasks")
+    context: int = option(512, "tokens per sequence")
+    batch_size: int = option(4, "sequences per forward and backward pass")
+    threshold: float = option(0.8, "cosine at which a neuron counts as redundant")
+    overwrite: bool = option(False, "replace --out if it exists")
+
+
+@dataclass
 class DemoConfig:
     model: str = option(SMOLLM2_ALIAS, "model to prune")
     data: str = option(None, "WikiText data folder or file (default: ../shared/data)")

@@ -45,13 +45,19 @@ class MlpAdapter:
     def mlp_widths(self, model: nn.Module) -> list[int]:
         return [self.input_rows(self.input_projections(layer)[0]).shape[0] for layer in self.decoder_layers(model)]
 
+    def rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """An input projection's weight (or its gradient) as [neurons, hidden] (a view)."""
+        return weight.t() if self.layout == "conv1d" else weight
+
+    def columns(self, weight: torch.Tensor) -> torch.Tensor:
+        """An output projection's weight (or its gradient) as [neurons, hidden] (a view)."""
+        return weight if self.layout == "conv1d" else weight.t()
+
     def input_rows(self, projection: nn.Module) -> torch.Tensor:
-        """The input projection's weight as [neurons, hidden] (a view)."""
-        return projection.weight.t() if self.layout == "conv1d" else projection.weight
+        return self.rows(projection.weight)
 
     def output_columns(self, projection: nn.Module) -> torch.Tensor:
-        """The output projection's weight as [neurons, hidden] (a view)."""
-        return projection.weight if self.layout == "conv1d" else projection.weight.t()
+        return self.columns(projection.weight)
 
     def mlp_parameter_count(self, model: nn.Module) -> int:
         total = 0

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
-from ffnprune.config import DemoConfig, EvaluateConfig, PruneConfig
+from ffnprune.config import AnalyzeConfig, DemoConfig, EvaluateConfig, PruneConfig
 from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
 
@@ -48,6 +48,16 @@ def _evaluate(args) -> None:
     metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["metrics"].items()
                if k != "implementation"}
     print(json.dumps({"task": result["task"], "split": result["split"], "metrics": metrics}, indent=2))
+
+
+def _analyze(args) -> None:
+    from ffnprune.analysis.run import analyze, compare
+
+    config = config_from_args(AnalyzeConfig, args)
+    if args.compare:
+        compare(args.compare, config)
+    else:
+        analyze(config)
 
 
 def _export(args) -> None:
@@ -94,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(evaluate, EvaluateConfig)
     evaluate.set_defaults(handler=_evaluate)
+
+    analyze = commands.add_parser(
+        "analyze", help="sensitivity, uniqueness and linear span of every MLP neuron, with plots",
+        description="ffnprune analyze MODEL --out DIR, or ffnprune analyze --compare DIR1 DIR2 ... --out DIR "
+        "(model directories are analysed first; analysis directories are read).",
+    )
+    add_config_arguments(analyze, AnalyzeConfig)
+    analyze.add_argument("--compare", nargs="+", metavar="DIR", help="compare these analyses or models")
+    analyze.set_defaults(handler=_analyze)
 
     export = commands.add_parser("export", help="re-save a pruned model in another format")
     export.add_argument("directory", help="a pruned model directory")

@@ -26,14 +26,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
                                 default=argparse.SUPPRESS, choices=meta.get("choices"), help=meta["help"] + shown)
 
 
-def given_options(args: argparse.Namespace) -> dict:
+def given_options(config_class, args: argparse.Namespace) -> dict:
     """The config options actually given on the command line (the others were suppressed)."""
-    return {name: value for name, value in vars(args).items() if name not in ("handler", "command", "config", "resume")}
+    known = {key(field) for _, field, _ in leaf_fields(config_class)}
+    return {name: value for name, value in vars(args).items() if name in known}
 
 
 def config_from_args(config_class, args: argparse.Namespace, base: dict | None = None):
     values = dict(base or {})
     if getattr(args, "config", None):
         values.update(read_yaml(args.config, config_class))
-    values.update(given_options(args))
+    values.update(given_options(config_class, args))
     return build_config(config_class, values)

@@ -23,9 +23,10 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter
 from ffnprune.criteria import Method
 from ffnprune.pruning.masks import NeuronMasks
-from ffnprune.pruning.penalty import CosineStatistics, penalty_weights, score_penalty
+from ffnprune.pruning.penalty import penalty_weights, score_penalty
 from ffnprune.pruning.scores import NeuronScores, straight_through
 from ffnprune.pruning.selection import global_top_v, local_top_v, threshold_selection
+from ffnprune.pruning.statistics import CosineStatistics
 from ffnprune.schedules import CubicSchedule
 
 

@@ -1,0 +1,88 @@
+"""Statistics of MLP activations: the cosine similarity of neurons' activation vectors (GUM and the analysis)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ffnprune.adapters import MlpAdapter
+
+
+class CosineStatistics:
+    """Second moments G of every layer's post-activation outputs H (tokens x N, pad tokens excluded), captured at
+    the output projection's input, i.e. after masking. Only forwards with gradients enabled are counted.
+
+    With a rate `beta` (GUM, METHOD section 5) G is a running average, G <- (1 - beta) G + beta H^T H, and diag(G)
+    is the running n. With beta None (the redundancy analysis, section 7) G, the column sums of H and the token
+    count are plain sums over everything seen."""
+
+    def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None):
+        self.beta = beta
+        layers = len(adapter.decoder_layers(model))
+        self.gram: list[torch.Tensor | None] = [None] * layers
+        self.sums: list[torch.Tensor | None] = [None] * layers
+        self.counts = [0] * layers
+        self._pending: list[tuple | None] = [None] * layers
+        self.token_mask: torch.Tensor | None = None
+        self._handles = [
+            adapter.output_projection(layer).register_forward_pre_hook(self._capture(index))
+            for index, layer in enumerate(adapter.decoder_layers(model))
+        ]
+
+    def _capture(self, index: int):
+        def hook(module, args):
+            if not torch.is_grad_enabled():
+                return None
+            with torch.no_grad():
+                activations = args[0].reshape(-1, args[0].shape[-1]).float()
+                if self.token_mask is not None:
+                    activations = activations[self.token_mask.reshape(-1).to(activations.device).bool()]
+                moments = (activations.T @ activations, activations.sum(dim=0), activations.shape[0])
+                pending = self._pending[index]
+                self._pending[index] = moments if pending is None else tuple(a + b for a, b in zip(pending, moments))
+            return None
+
+        return hook
+
+    def update(self, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        """Fold the activations seen since the last update into the running statistics (after each backward).
+        `reduce` averages across processes, so every process holds the same statistics."""
+        for index, pending in enumerate(self._pending):
+            if pending is None:
+                continue
+            second, first, count = pending
+            second = reduce(second)
+            gram = self.gram[index]
+            if self.beta is None:
+                self.gram[index] = second if gram is None else gram + second
+                self.sums[index] = first if self.sums[index] is None else self.sums[index] + first
+                self.counts[index] += count
+            else:
+                self.gram[index] = self.beta * second if gram is None else (1 - self.beta) * gram + self.beta * second
+            self._pending[index] = None
+
+    def cosine(self, index: int) -> torch.Tensor:
+        gram = self.gram[index]
+        norms = torch.sqrt(torch.diagonal(gram).clamp_min(0))
+        cosine = gram / (norms[:, None] * norms[None, :] + 1e-6)
+        return cosine.fill_diagonal_(0.0)
+
+    def uniqueness_penalty(self, keep_fraction: float) -> list[torch.Tensor | None]:
+        """u per layer (None for a layer not yet seen)."""
+        return [
+            None if gram is None else self.cosine(index).abs().sum(dim=1) / (gram.shape[0] * keep_fraction)
+            for index, gram in enumerate(self.gram)
+        ]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"gram.{i}": g for i, g in enumerate(self.gram) if g is not None}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for index in range(len(self.gram)):
+            self.gram[index] = state.get(f"gram.{index}")
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
