@@ -17,8 +17,9 @@ def token_ids(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tens
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of each next token that carries a label."""
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
+    """Cross-entropy of each next token that carries a label, in at least float32."""
+    logits = logits[:, :-1].reshape(-1, logits.size(-1))
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[:, 1:].reshape(-1),
                            ignore_index=IGNORE, reduction=reduction)
 
 

@@ -36,7 +36,7 @@ class CosineStatistics:
             if not torch.is_grad_enabled():
                 return None
             with torch.no_grad():
-                activations = args[0].reshape(-1, args[0].shape[-1]).float()
+                activations = args[0].flatten(0, -2).float()  # [tokens, N]; N may be 0
                 if self.token_mask is not None:
                     activations = activations[self.token_mask.reshape(-1).to(activations.device).bool()]
                 moments = (activations.T @ activations, activations.sum(dim=0), activations.shape[0])
