@@ -33,3 +33,22 @@ def smollm2():
     from ffnprune.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gpt2_tokenizer):
+    """A factory: the directory of a tiny random model of a type, saved with the GPT-2 tokenizer (once per type;
+    tests must not modify it)."""
+    from tiny_models import tiny_model
+
+    saved = {}
+
+    def make(model_type: str = "llama") -> Path:
+        if model_type not in saved:
+            directory = tmp_path_factory.mktemp("tiny") / f"tiny-{model_type}"
+            tiny_model(model_type, vocab_size=len(gpt2_tokenizer)).save_pretrained(directory)
+            gpt2_tokenizer.save_pretrained(directory)
+            saved[model_type] = directory
+        return saved[model_type]
+
+    return make

@@ -8,15 +8,11 @@ import pytest
 
 from ffnprune.cli.main import main
 from ffnprune.io.pruned_dir import load_pruned, read_metadata
-from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
-def dense_dir(tmp_path_factory, gpt2_tokenizer):
-    directory = tmp_path_factory.mktemp("dense") / "tiny-llama"
-    tiny_model("llama", vocab_size=len(gpt2_tokenizer)).save_pretrained(directory)
-    gpt2_tokenizer.save_pretrained(directory)
-    return directory
+def dense_dir(tiny_model_dir):
+    return tiny_model_dir("llama")
 
 
 def run(capsys, *argv):

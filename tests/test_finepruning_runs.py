@@ -23,16 +23,9 @@ FAST = {"context": 32, "batch_size": 2, "steps": 12, "keep": 0.25, "seed": 0}
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory, gpt2_tokenizer):
+def tiny_dirs(tiny_model_dir):
     """Tiny llama (gated) and gpt2 (Conv1D, biases, dropout) models with the GPT-2 tokenizer."""
-    root = tmp_path_factory.mktemp("models")
-    dirs = {}
-    for model_type in ("llama", "gpt2"):
-        directory = root / model_type
-        tiny_model(model_type, vocab_size=len(gpt2_tokenizer)).save_pretrained(directory)
-        gpt2_tokenizer.save_pretrained(directory)
-        dirs[model_type] = directory
-    return dirs
+    return {model_type: tiny_model_dir(model_type) for model_type in ("llama", "gpt2")}
 
 
 def config(model, out, data_dir, **values) -> PruneConfig:

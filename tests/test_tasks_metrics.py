@@ -17,7 +17,6 @@ from ffnprune.tasks import get_task
 from ffnprune.tasks.base import GenerationTask, Pair
 from ffnprune.tasks.examples import IGNORE, Examples
 from ffnprune.tasks.wikisql import sql_text
-from tiny_models import tiny_model
 
 # --- metrics against known values -------------------------------------------------------------------------------
 
@@ -206,11 +205,8 @@ def test_teacher_forced_exact_match_counts_whole_targets():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, gpt2_tokenizer):
-    directory = tmp_path_factory.mktemp("eval") / "tiny-llama"
-    tiny_model("llama", vocab_size=len(gpt2_tokenizer)).save_pretrained(directory)
-    gpt2_tokenizer.save_pretrained(directory)
-    return directory
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir("llama")
 
 
 @pytest.mark.parametrize("task", ["samsum", "wikisql", "e2e"])
