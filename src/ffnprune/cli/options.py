@@ -12,17 +12,22 @@ from ffnprune.config import build_config, key, leaf_fields, read_yaml
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
-    for _, field, kind in leaf_fields(config_class):
+    """One option per leaf field; fields of a nested section (schedule, penalty, ...) are listed under its name."""
+    sections = {}
+    for path, field, kind in leaf_fields(config_class):
+        target = parser
+        if len(path) > 1:
+            target = sections.setdefault(path[0], parser.add_argument_group(f"{path[0]} options"))
         meta = field.metadata
         default = None if field.default is dataclasses.MISSING else field.default
         shown = "" if default is None or kind is bool else f" (default: {default})"
         if meta.get("positional"):
-            parser.add_argument(key(field), type=kind, nargs="?", default=argparse.SUPPRESS, help=meta["help"])
+            target.add_argument(key(field), type=kind, nargs="?", default=argparse.SUPPRESS, help=meta["help"])
         elif kind is bool:
-            parser.add_argument("--" + key(field).replace("_", "-"), dest=key(field), action="store_true",
+            target.add_argument("--" + key(field).replace("_", "-"), dest=key(field), action="store_true",
                                 default=argparse.SUPPRESS, help=meta["help"])
         else:
-            parser.add_argument("--" + key(field).replace("_", "-"), dest=key(field), type=kind,
+            target.add_argument("--" + key(field).replace("_", "-"), dest=key(field), type=kind,
                                 default=argparse.SUPPRESS, choices=meta.get("choices"), help=meta["help"] + shown)
 
 
