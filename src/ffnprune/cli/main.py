@@ -60,6 +60,13 @@ def _analyze(args) -> None:
         analyze(config)
 
 
+def _study(args) -> None:
+    from ffnprune.study.run import run_study
+
+    results = run_study(args.config, args.results, args.models, args.data)
+    print(f"study results in {results} (table.md, results.json, plots, cells/)")
+
+
 def _export(args) -> None:
     from ffnprune.io.pruned_dir import export_uniform
 
@@ -113,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(analyze, AnalyzeConfig)
     analyze.add_argument("--compare", nargs="+", metavar="DIR", help="compare these analyses or models")
     analyze.set_defaults(handler=_analyze)
+
+    study = commands.add_parser("study", help="run a study: methods x keep fractions x tasks, resumably")
+    study.add_argument("--config", required=True, help="the study YAML file")
+    study.add_argument("--data", help="task data folder (default: ../shared/data)")
+    study.add_argument("--results", default="results", help="where results/<study>/ goes (default: results)")
+    study.add_argument("--models", default="out/studies", help="where pruned models go (default: out/studies)")
+    study.set_defaults(handler=_study)
 
     export = commands.add_parser("export", help="re-save a pruned model in another format")
     export.add_argument("directory", help="a pruned model directory")

@@ -1,0 +1,112 @@
+"""A study file and the cells it expands to.
+
+    name: cpu-wikitext
+    model: smollm2-135m
+    tasks: [wikitext]
+    seeds: [0]
+    options: {steps: 40, context: 256, batch_size: 4, mu: 1.0}     # any `ffnprune prune` option
+    grids:                                                          # each grid: methods x keeps x distill
+      - {methods: [random, gum], keeps: [0.5, 0.25], distill: [false]}
+      - {methods: [gum], keeps: [0.25], distill: [true]}
+    evaluate: {max_tokens: 16384, limit: 50}                        # any `ffnprune evaluate` option
+    analyze: {max_tokens: 4096}                                     # any `ffnprune analyze` option; {} to skip
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import yaml
+
+from ffnprune.config import AnalyzeConfig, EvaluateConfig, PruneConfig, build_config, key, leaf_fields
+from ffnprune.criteria import get_method
+from ffnprune.errors import FfnpruneError
+from ffnprune.pruning.selection import check_keep
+from ffnprune.tasks import get_task
+
+STUDY_KEYS = {"name", "model", "tasks", "seeds", "options", "grids", "evaluate", "analyze"}
+GRID_KEYS = {"methods", "keeps", "distill"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str
+    keep: float
+    distill: bool
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.method}-k{self.keep:g}-{'kd' if self.distill else 'nokd'}-s{self.seed}"
+
+
+@dataclass
+class Study:
+    name: str
+    model: str
+    tasks: list[str]
+    seeds: list[int]
+    options: dict
+    cells: list[Cell]
+    evaluate: dict
+    analyze: dict = field(default_factory=dict)
+
+    def prune_config(self, cell: Cell, out: Path, data: str | None) -> PruneConfig:
+        values = {**self.options, "model": self.model, "out": str(out), "task": cell.task, "method": cell.method,
+                  "keep": cell.keep, "seed": cell.seed, "distill": cell.distill, "overwrite": True}
+        if data is not None:
+            values["data"] = data
+        if not get_method(cell.method).uses_mu:
+            values.pop("mu", None)
+        return build_config(PruneConfig, values)
+
+    def evaluate_config(self, model: str, task: str, data: str | None) -> EvaluateConfig:
+        return build_config(EvaluateConfig, {**self.evaluate, "model": model, "task": task, "split": "test",
+                                             **({"data": data} if data is not None else {})})
+
+    def analyze_config(self, model: str, task: str, out: Path, data: str | None) -> AnalyzeConfig:
+        return build_config(AnalyzeConfig, {**self.analyze, "model": model, "task": task, "out": str(out),
+                                            "overwrite": True, **({"data": data} if data is not None else {})})
+
+
+def _check_keys(values: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FfnpruneError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def read_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise FfnpruneError(f"study file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise FfnpruneError(f"study file {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise FfnpruneError(f"study file {path} must hold a mapping")
+    _check_keys(values, STUDY_KEYS, str(path))
+    for required in ("name", "model", "grids"):
+        if required not in values:
+            raise FfnpruneError(f"study file {path} needs '{required}'")
+    options = values.get("options") or {}
+    for section, config in (("options", PruneConfig), ("evaluate", EvaluateConfig), ("analyze", AnalyzeConfig)):
+        _check_keys(values.get(section) or {}, {key(f) for _, f, _ in leaf_fields(config)}, f"{path}: {section}")
+    tasks = list(values.get("tasks", ["wikitext"]))
+    for task in tasks:
+        get_task(task)  # an unknown task fails here, before anything runs
+    seeds = [int(s) for s in values.get("seeds", [0])]
+    cells = []
+    for index, grid in enumerate(values["grids"]):
+        _check_keys(grid, GRID_KEYS, f"{path}: grids[{index}]")
+        for task, method, keep, distill, seed in product(tasks, grid["methods"], grid["keeps"],
+                                                         grid.get("distill", [False]), seeds):
+            get_method(method)
+            cell = Cell(task, method, check_keep(float(keep)), bool(distill), seed)
+            if cell not in cells:
+                cells.append(cell)
+    return Study(str(values["name"]), str(values["model"]), tasks, seeds, options, cells,
+                 values.get("evaluate") or {}, values.get("analyze") or {})

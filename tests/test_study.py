@@ -1,0 +1,74 @@
+"""`ffnprune study`: cells expanded from grids, run once, skipped when done, tabulated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ffnprune.cli.main import main
+from ffnprune.errors import FfnpruneError
+from ffnprune.study.plan import read_study
+
+STUDY = """
+name: tiny
+model: {model}
+tasks: [wikitext]
+seeds: [0]
+options: {{steps: 6, context: 32, batch_size: 2, mu: 1.0, checkpoint_every: 3}}
+grids:
+  - {{methods: [random, gum], keeps: [0.5, 0.25], distill: [false]}}
+  - {{methods: [gum], keeps: [0.25], distill: [true]}}
+evaluate: {{max_tokens: 512, context: 64, stride: 32, batch_size: 4}}
+analyze: {{max_tokens: 256, context: 64}}
+"""
+
+
+def test_grids_expand_to_named_cells(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(model="m"))
+    study = read_study(path)
+    assert [c.name for c in study.cells] == [
+        "wikitext-random-k0.5-nokd-s0", "wikitext-random-k0.25-nokd-s0", "wikitext-gum-k0.5-nokd-s0",
+        "wikitext-gum-k0.25-nokd-s0", "wikitext-gum-k0.25-kd-s0"]
+    config = study.prune_config(study.cells[0], tmp_path / "x", None)
+    assert config.penalty.mu is None and config.steps == 6  # mu only goes to the methods that use it
+
+
+@pytest.mark.parametrize("change,message", [("metods", "unknown key"), ("bad-option", "unknown key"),
+                                            ("bad-method", "unknown method")])
+def test_bad_study_files(tmp_path, change, message):
+    text = STUDY.format(model="m")
+    text = {"metods": text.replace("grids:", "metods: 1\ngrids:"),
+            "bad-option": text.replace("steps: 6", "stepz: 6"),
+            "bad-method": text.replace("[random, gum]", "[random, gumm]")}[change]
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(FfnpruneError, match=message):
+        read_study(path)
+
+
+def test_study_runs_every_cell_once_and_tabulates(capsys, tiny_model_dir, data_dir, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(model=tiny_model_dir("llama")))
+    argv = ["study", "--config", str(path), "--data", str(data_dir), "--results", str(tmp_path / "results"),
+            "--models", str(tmp_path / "models")]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = tmp_path / "results" / "tiny"
+    records = json.loads((results / "results.json").read_text())
+    assert len(records) == 6 and {r["method"] for r in records} == {"dense", "random", "gum"}
+    for record in records:
+        assert record["metric"] > 1 and 0 <= record["uniqueness"] <= 1
+        if record["method"] != "dense":
+            assert (results / "cells" / record["log"]).exists()
+            assert record["protocol"]["train_split"] == "validation" and record["evaluation"]["split"] == "test"
+    table = (results / "table.md").read_text()
+    assert "| dense (reference) |" in table and "| gum |" in table and "with distillation" in table
+    assert (results / "wikitext-nokd.png").exists() and (results / "wikitext-kd.png").exists()
+
+    (results / "cells" / "wikitext-random-k0.25-nokd-s0.json").unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("done, skipped") == 4 and "wikitext-random-k0.25-nokd-s0\n" in out
+    assert len(json.loads((results / "results.json").read_text())) == 6
