@@ -72,3 +72,12 @@ def test_study_runs_every_cell_once_and_tabulates(capsys, tiny_model_dir, data_d
     out = capsys.readouterr().out
     assert out.count("done, skipped") == 4 and "wikitext-random-k0.25-nokd-s0\n" in out
     assert len(json.loads((results / "results.json").read_text())) == 6
+
+
+@pytest.mark.parametrize("name,cells", [("study-cpu.yaml", 28), ("study-gpu.yaml", 4 * 7 * 3 * 2 * 2)])
+def test_the_shipped_study_files_are_valid(name, cells):
+    from pathlib import Path
+
+    study = read_study(Path(__file__).parents[1] / "configs" / name)
+    assert len(study.cells) == cells
+    assert study.prune_config(study.cells[0], Path("x"), None).steps > 0
