@@ -23,6 +23,15 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
+def _cell_text(records: list[dict], keep: float) -> str:
+    """The metric, with the share actually kept where it missed the requested one (soft movement's threshold)."""
+    if not records:
+        return ""
+    text = _spread([r["metric"] for r in records])
+    kept = statistics.mean(r["keep_actual"] for r in records)
+    return text if abs(kept - keep) < 0.005 else f"{text} (kept {kept:.2f})"
+
+
 def write_report(results: Path, records: list[dict]) -> None:
     write_json_atomic(results / "results.json", records)
     lines = []
@@ -39,9 +48,9 @@ def write_report(results: Path, records: list[dict]) -> None:
                 lines.append("| dense (reference) | " + " | ".join(_spread([dense[0]["metric"]]) for _ in keeps) + " |")
             grouped = defaultdict(list)
             for r in cells:
-                grouped[(r["method"], r["keep"])].append(r["metric"])
+                grouped[(r["method"], r["keep"])].append(r)
             for method in dict.fromkeys(r["method"] for r in cells):
-                row = [_spread(grouped[(method, k)]) if grouped[(method, k)] else "" for k in keeps]
+                row = [_cell_text(grouped[(method, k)], k) for k in keeps]
                 lines.append(f"| {method} | " + " | ".join(row) + " |")
             lines.append("")
             _plot(results / f"{task}-{'kd' if distill else 'nokd'}.png", task, metric, cells, dense)
