@@ -147,16 +147,22 @@ def key(entry) -> str:
     return entry.name.rstrip("_")
 
 
-def read_yaml(path: str | Path, config_class) -> dict:
+def load_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file that must exist and hold a mapping, or an error naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise FfnpruneError(f"config file {path} does not exist")
+        raise FfnpruneError(f"{what} {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise FfnpruneError(f"config file {path} is not valid YAML: {error}") from error
+        raise FfnpruneError(f"{what} {path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
-        raise FfnpruneError(f"config file {path} must hold a mapping of option names to values")
+        raise FfnpruneError(f"{what} {path} must hold a mapping of names to values")
+    return values
+
+
+def read_yaml(path: str | Path, config_class) -> dict:
+    values = load_yaml_mapping(path)
     known = {key(entry) for _, entry, _ in leaf_fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
-import yaml
-
-from ffnprune.config import AnalyzeConfig, EvaluateConfig, PruneConfig, build_config, key, leaf_fields
+from ffnprune.config import (
+    AnalyzeConfig,
+    EvaluateConfig,
+    PruneConfig,
+    build_config,
+    key,
+    leaf_fields,
+    load_yaml_mapping,
+)
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.pruning.selection import check_keep
@@ -80,14 +86,7 @@ def _check_keys(values: dict, known: set[str], where: str) -> None:
 
 def read_study(path: str | Path) -> Study:
     path = Path(path)
-    if not path.is_file():
-        raise FfnpruneError(f"study file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise FfnpruneError(f"study file {path} is not valid YAML: {error}") from error
-    if not isinstance(values, dict):
-        raise FfnpruneError(f"study file {path} must hold a mapping")
+    values = load_yaml_mapping(path, "study file")
     _check_keys(values, STUDY_KEYS, str(path))
     for required in ("name", "model", "grids"):
         if required not in values:
