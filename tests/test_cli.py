@@ -79,18 +79,33 @@ def test_prune_missing_model_path(capsys, tmp_path):
     assert code == 2 and "does not exist" in err
 
 
-def test_demo_runs_end_to_end_and_records_its_protocol(capsys, dense_dir, data_dir, tmp_path):
+def test_demo_fine_prunes_each_method_and_records_its_protocol(capsys, dense_dir, data_dir, tmp_path):
     out_dir = tmp_path / "demo"
     code, out, err = run(capsys, "demo", "--model", dense_dir, "--data", data_dir, "--max-tokens", "512",
-                         "--context", "64", "--out", out_dir)
+                         "--context", "64", "--steps", "3", "--train-context", "32", "--prompt-length", "16",
+                         "--new-tokens", "4", "--repeats", "2", "--out", out_dir)
     assert code == 0, err
-    assert "WikiText test perplexity" in out
-    result = json.loads((tmp_path / "demo-results.json").read_text())
-    assert result["split"] == "test" and result["method"] == "magnitude" and result["keep"] == 0.5
-    assert result["dense"]["protocol"]["context"] == 64 and result["dense"]["tokens_scored"] == 8 * 63
-    assert result["pruned"]["mlp_parameters"] < result["dense"]["mlp_parameters"]
+    assert "WikiText ppl" in out and "gum keep 0.5" in out and "random keep 0.5" in out
+    result = json.loads((out_dir / "results.json").read_text())
+    assert result["split"] == "test" and result["methods"] == ["gum", "random"] and result["steps"] == 3
+    assert result["protocol"]["context"] == 64 and result["protocol"]["tokens_scored"] == 8 * 63
+    assert result["protocol"]["speed"]["prompt_length"] == 16
+    assert result["hyperparameters"]["gum"]["mu"] == 1.0 and result["hyperparameters"]["random"]["mu"] is None
+    dense = result["results"]["dense"]
+    for method in ("gum", "random"):
+        row = result["results"][method]
+        assert row["mlp_parameters"] == dense["mlp_parameters"] // 2
+        assert row["speedup_flops"] == dense["flops_per_token"] / row["flops_per_token"] > 1
+        assert len(row["prefill_ms_all"]) == 2 and row["decode_tokens_per_second"] > 0
+        assert load_pruned(out_dir / method).config.ffnprune["mlp_widths"] == row["mlp_widths"]
+        assert json.loads((out_dir / method / "pruning.json").read_text())["steps"] == 3
     assert "ffnprune_version" in result and result["data"].endswith("wiki.test.tokens")
-    load_pruned(out_dir)
+
+
+def test_demo_unknown_method_lists_the_known_ones(capsys, dense_dir, data_dir, tmp_path):
+    code, _, err = run(capsys, "demo", "--model", dense_dir, "--data", data_dir, "--methods", "gum,best",
+                       "--out", tmp_path / "demo")
+    assert code == 2 and "best" in err and "global-movement" in err
 
 
 def test_demo_missing_data_file(capsys, dense_dir, tmp_path):

@@ -35,6 +35,15 @@ def test_grids_expand_to_named_cells(tmp_path):
     assert config.penalty.mu is None and config.steps == 6  # mu only goes to the methods that use it
 
 
+def test_a_grids_seeds_replace_the_studys(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(model="m").replace(
+        "evaluate:", "  - {methods: [random], keeps: [0.25], seeds: [0, 1, 2]}\nevaluate:", 1))
+    names = [c.name for c in read_study(path).cells]
+    assert names[5:] == ["wikitext-random-k0.25-nokd-s1", "wikitext-random-k0.25-nokd-s2"]  # s0 is already there
+    assert sum(name.startswith("wikitext-random-k0.25-nokd") for name in names) == 3
+
+
 @pytest.mark.parametrize("change,message", [("metods", "unknown key"), ("bad-option", "unknown key"),
                                             ("bad-method", "unknown method")])
 def test_bad_study_files(tmp_path, change, message):
@@ -74,7 +83,7 @@ def test_study_runs_every_cell_once_and_tabulates(capsys, tiny_model_dir, data_d
     assert len(json.loads((results / "results.json").read_text())) == 6
 
 
-@pytest.mark.parametrize("name,cells", [("study-cpu.yaml", 28), ("study-gpu.yaml", 4 * 7 * 3 * 2 * 2)])
+@pytest.mark.parametrize("name,cells", [("study-cpu.yaml", 28 + 6), ("study-gpu.yaml", 4 * 7 * 3 * 2 * 2)])
 def test_the_shipped_study_files_are_valid(name, cells):
     from pathlib import Path
 

@@ -121,16 +121,30 @@ class AnalyzeConfig:
 
 
 @dataclass
+class SpeedConfig:
+    speed_batch_size: int = option(1, "sequences per timed forward pass")
+    prompt_length: int = option(128, "tokens of the timed prompt (prefill)")
+    new_tokens: int = option(32, "tokens generated greedily on the KV cache after the prompt (decode)")
+    repeats: int = option(5, "timed rounds; medians are reported")
+    warmup: int = option(1, "untimed rounds first")
+
+
+@dataclass
 class DemoConfig:
     model: str = option(SMOLLM2_ALIAS, "model to prune")
     data: str = option(None, "WikiText data folder or file (default: ../shared/data)")
-    method: str = option("magnitude", "pruning criterion")
+    methods: str = option("gum,random", "pruning methods to compare, comma-separated")
     keep: float = option(0.5, "fraction of MLP neurons kept")
+    steps: int = option(40, "fine-pruning steps per method on WikiText validation (0: one-shot)")
+    mu: float = option(1.0, "GUM's uniqueness weight (gum, anti-gum)")
+    train_context: int = option(256, "tokens per training sequence")
+    train_batch_size: int = option(2, "training sequences per step")
     context: int = option(512, "tokens per perplexity block")
-    max_tokens: int = option(16384, "WikiText test tokens to evaluate (0: all)")
-    batch_size: int = option(4, "blocks per forward pass")
-    out: str = option("out/demo", "directory for the pruned model (replaced on each run) and demo.json")
+    max_tokens: int = option(8192, "WikiText test tokens to evaluate (0: all)")
+    batch_size: int = option(4, "blocks per evaluation forward pass")
+    out: str = option("out/demo", "directory for the pruned models (replaced on each run) and results.json")
     seed: int = option(0, "random seed")
+    speed: SpeedConfig = group(SpeedConfig)
 
 
 def leaf_fields(config_class, path: tuple[str, ...] = ()):

@@ -1,80 +1,127 @@
-"""The README's main job: prune SmolLM2-135M in one shot, save, reload, and compare WikiText perplexity."""
+"""The README's main job: fine-prune SmolLM2-135M with GUM and with random pruning, then compare the compacted
+models with the dense one on WikiText test perplexity, size, FLOPs and measured speed."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from ffnprune import __version__
 from ffnprune.analysis.footprint import footprint
-from ffnprune.config import DemoConfig, PruneConfig
+from ffnprune.benchmark import compare_speed
+from ffnprune.config import DemoConfig, PruneConfig, build_config, to_flat_dict
+from ffnprune.criteria import get_method
+from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
-from ffnprune.io.pruned_dir import load_pruned, save_pruned
+from ffnprune.io.pruned_dir import load_pruned
 from ffnprune.metrics.perplexity import block_perplexity, token_ids
 from ffnprune.models import load_model
-from ffnprune.pruning.oneshot import prune_loaded
+from ffnprune.pipeline import prune
 from ffnprune.pruning.selection import check_keep
 from ffnprune.tasks.wikitext import read_wikitext
+
+RESULTS = "results.json"
+
+
+def demo_methods(config: DemoConfig) -> list[str]:
+    methods = [name.strip() for name in config.methods.split(",") if name.strip()]
+    if not methods:
+        raise FfnpruneError("--methods names no method: give one or more, comma-separated (e.g. gum,random)")
+    return [get_method(name).name for name in methods]
+
+
+def prune_config(config: DemoConfig, method: str, out: Path) -> PruneConfig:
+    values = {"model": config.model, "out": str(out), "method": method, "keep": config.keep, "steps": config.steps,
+              "seed": config.seed, "data": config.data, "context": config.train_context,
+              "batch_size": config.train_batch_size, "overwrite": True}
+    if get_method(method).uses_mu:
+        values["mu"] = config.mu
+    return build_config(PruneConfig, values)
 
 
 def run_demo(config: DemoConfig, say=print) -> dict:
     check_keep(config.keep)
+    methods = demo_methods(config)
     text, data_path = read_wikitext(config.data, "test")
     started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
     say(f"loading {config.model} ...")
     loaded = load_model(config.model)
     ids = token_ids(loaded.tokenizer, text, config.max_tokens or None)
     say(f"WikiText test: {data_path} ({len(ids)} tokens evaluated, blocks of {config.context})")
 
-    def evaluate(model):
-        return block_perplexity(model, ids, config.context, config.batch_size)
+    def describe(model) -> dict:
+        return {**block_perplexity(model, ids, config.context, config.batch_size),
+                **_size(footprint(model, loaded.adapter, config.speed.prompt_length))}
 
-    dense = evaluate(loaded.model)
-    dense_size = footprint(loaded.model, loaded.adapter, config.context)
-    say(f"dense perplexity {dense['perplexity']:.2f}")
-
-    prune_config = PruneConfig(model=config.model, out=config.out, method=config.method, keep=config.keep,
-                               seed=config.seed, overwrite=True)
-    metadata = prune_loaded(loaded, prune_config)
-    model_dir = save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=True)
-    reloaded = load_pruned(model_dir).eval()
-    pruned = evaluate(reloaded)
-    pruned_size = footprint(reloaded, loaded.adapter, config.context)
+    rows = {"dense": describe(loaded.model)}
+    say(f"dense perplexity {rows['dense']['perplexity']:.2f}")
+    models = {"dense": loaded.model}
+    settings = {}
+    for method in methods:
+        settings[method] = prune_config(config, method, out / method)
+        say(f"{method}: {'fine-pruning for ' + str(config.steps) + ' steps' if config.steps else 'one-shot'} "
+            f"to keep {config.keep} ...")
+        method_started = time.perf_counter()
+        prune(settings[method], say=say)
+        models[method] = load_pruned(out / method).eval()  # the saved, compacted model, as a user would load it
+        rows[method] = {**describe(models[method]), "seconds": round(time.perf_counter() - method_started, 1)}
+        say(f"{method}: perplexity {rows[method]['perplexity']:.2f}")
+    say("timing dense and pruned models in turn ...")
+    for name, speed in compare_speed(models, config.speed, config.seed).items():
+        rows[name].update(speed)
+    dense = rows["dense"]
+    for name in methods:
+        row = rows[name]
+        row["speedup_flops"] = dense["flops_per_token"] / row["flops_per_token"]
+        row["speedup_prefill"] = dense["prefill_ms"] / row["prefill_ms"]
+        row["speedup_decode"] = row["decode_tokens_per_second"] / dense["decode_tokens_per_second"]
 
     result = {
-        "ffnprune_version": metadata["ffnprune_version"],
+        "ffnprune_version": __version__,
         "model": config.model,
         "data": str(data_path),
         "split": "test",
-        "method": config.method,
+        "train_split": "validation",
+        "methods": methods,
         "keep": config.keep,
-        "steps": 0,
+        "steps": config.steps,
         "seed": config.seed,
-        "pruned_model": str(model_dir),
-        "dense": {**dense, **_size(dense_size)},
-        "pruned": {**pruned, **_size(pruned_size)},
+        "protocol": {"context": config.context, "tokens_scored": dense["tokens_scored"],
+                     "speed": vars(config.speed)},
+        "hyperparameters": {method: to_flat_dict(prune_settings) for method, prune_settings in settings.items()},
+        "out": str(out),
+        "models": {method: str(out / method) for method in methods},
+        "results": rows,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json_atomic(Path(config.out).with_name(Path(config.out).name + "-results.json"), result)
+    write_json_atomic(out / RESULTS, result)
     say(_table(result))
     return result
 
 
 def _size(size: dict) -> dict:
-    keys = ("parameters", "mlp_parameters", "flops_per_token", "mlp_flops_per_token", "flops_context")
+    keys = ("parameters", "mlp_parameters", "mlp_widths", "flops_per_token", "flops_context")
     return {key: size[key] for key in keys}
 
 
 def _table(result: dict) -> str:
-    dense, pruned = result["dense"], result["pruned"]
-    rows = [
-        ("", "dense", f"{result['method']} keep {result['keep']}"),
-        ("WikiText test perplexity", f"{dense['perplexity']:.2f}", f"{pruned['perplexity']:.2f}"),
-        ("parameters", f"{dense['parameters']:,}", f"{pruned['parameters']:,}"),
-        ("MLP parameters", f"{dense['mlp_parameters']:,}", f"{pruned['mlp_parameters']:,}"),
-        ("GFLOPs per token", f"{dense['flops_per_token'] / 1e9:.3f}", f"{pruned['flops_per_token'] / 1e9:.3f}"),
-    ]
-    lines = [f"{a:<26}{b:>16}{c:>22}" for a, b, c in rows]
-    protocol = dense["protocol"]
-    lines.append(f"({dense['tokens_scored']:,} tokens scored, blocks of {protocol['context']}, one-shot pruning "
-                 f"without fine-tuning; pruned model in {result['pruned_model']})")
+    rows = result["results"]
+    header = ("", "WikiText ppl", "parameters", "GFLOPs/token", "prefill ms", "decode tok/s", "speed-up")
+    lines = [f"{header[0]:<18}{header[1]:>13}{header[2]:>14}{header[3]:>13}{header[4]:>12}{header[5]:>14}"
+             f"   {header[6]} (FLOPs / prefill / decode)"]
+    for name, row in rows.items():
+        label = name if name == "dense" else f"{name} keep {result['keep']:g}"
+        speedup = "" if name == "dense" else (f"   {row['speedup_flops']:.2f}x / {row['speedup_prefill']:.2f}x / "
+                                               f"{row['speedup_decode']:.2f}x")
+        lines.append(f"{label:<18}{row['perplexity']:>13.2f}{row['parameters']:>14,}"
+                     f"{row['flops_per_token'] / 1e9:>13.3f}{row['prefill_ms']:>12.1f}"
+                     f"{row['decode_tokens_per_second']:>14.1f}{speedup}")
+    speed = result["protocol"]["speed"]
+    budget = f"{result['steps']} fine-pruning steps on WikiText validation" if result["steps"] else "one-shot"
+    lines.append(f"({result['protocol']['tokens_scored']:,} test tokens scored in blocks of "
+                 f"{result['protocol']['context']}; {budget}; timing: batch {speed['speed_batch_size']}, "
+                 f"{speed['prompt_length']}-token prompt, {speed['new_tokens']} decoded tokens, median of "
+                 f"{speed['repeats']}; models and results.json in {result['out']})")
     return "\n".join(lines)

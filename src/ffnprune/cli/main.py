@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(handler=_export)
 
-    demo = commands.add_parser("demo", help="one-shot prune SmolLM2-135M, save, reload, compare perplexity")
+    demo = commands.add_parser("demo", help="fine-prune with GUM and random, compact, compare perplexity and speed")
     add_config_arguments(demo, DemoConfig)
     demo.set_defaults(handler=_demo)
     return parser

@@ -5,9 +5,9 @@
     tasks: [wikitext]
     seeds: [0]
     options: {steps: 40, context: 256, batch_size: 4, mu: 1.0}     # any `ffnprune prune` option
-    grids:                                                          # each grid: methods x keeps x distill
+    grids:                                              # each grid: methods x keeps x distill (x seeds)
       - {methods: [random, gum], keeps: [0.5, 0.25], distill: [false]}
-      - {methods: [gum], keeps: [0.25], distill: [true]}
+      - {methods: [gum], keeps: [0.25], distill: [true], seeds: [0, 1]}   # a grid's seeds replace the study's
     evaluate: {max_tokens: 16384, limit: 50}                        # any `ffnprune evaluate` option
     analyze: {max_tokens: 4096}                                     # any `ffnprune analyze` option; {} to skip
 """
@@ -33,7 +33,7 @@ from ffnprune.pruning.selection import check_keep
 from ffnprune.tasks import get_task
 
 STUDY_KEYS = {"name", "model", "tasks", "seeds", "options", "grids", "evaluate", "analyze"}
-GRID_KEYS = {"methods", "keeps", "distill"}
+GRID_KEYS = {"methods", "keeps", "distill", "seeds"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def read_study(path: str | Path) -> Study:
     for index, grid in enumerate(values["grids"]):
         _check_keys(grid, GRID_KEYS, f"{path}: grids[{index}]")
         for task, method, keep, distill, seed in product(tasks, grid["methods"], grid["keeps"],
-                                                         grid.get("distill", [False]), seeds):
+                                                         grid.get("distill", [False]),
+                                                         [int(s) for s in grid.get("seeds", seeds)]):
             get_method(method)
             cell = Cell(task, method, check_keep(float(keep)), bool(distill), seed)
             if cell not in cells:

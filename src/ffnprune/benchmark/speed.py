@@ -1,0 +1,66 @@
+"""Prefill latency and decode throughput, measured on several models in one run.
+
+The models take turns within every repeat (in a rotating order), so a machine that slows down or speeds up during
+the run affects them alike; figures are medians over the repeats after warm-up rounds that are not recorded.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from ffnprune.config import SpeedConfig
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def _prefill_and_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """Seconds for the prompt's forward pass, then for `new_tokens` greedy steps on the KV cache."""
+    device = prompt.device
+    _synchronize(device)
+    started = time.perf_counter()
+    output = model(input_ids=prompt, use_cache=True)
+    _synchronize(device)
+    prefilled = time.perf_counter()
+    cache, next_ids = output.past_key_values, output.logits[:, -1:].argmax(-1)
+    for _ in range(new_tokens):
+        output = model(input_ids=next_ids, past_key_values=cache, use_cache=True)
+        cache, next_ids = output.past_key_values, output.logits[:, -1:].argmax(-1)
+    _synchronize(device)
+    return prefilled - started, time.perf_counter() - prefilled
+
+
+def compare_speed(models: dict[str, nn.Module], settings: SpeedConfig, seed: int = 0) -> dict[str, dict]:
+    """Per model: median prefill milliseconds and decode tokens per second (batch x new tokens / decode time)."""
+    first = next(iter(models.values()))
+    device = next(first.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    vocab = first.config.vocab_size
+    prompt = torch.randint(vocab, (settings.speed_batch_size, settings.prompt_length), generator=generator).to(device)
+    names = list(models)
+    timings = {name: {"prefill": [], "decode": []} for name in names}
+    for round_index in range(settings.warmup + settings.repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            prefill, decode = _prefill_and_decode(models[name].eval(), prompt, settings.new_tokens)
+            if round_index >= settings.warmup:
+                timings[name]["prefill"].append(prefill)
+                timings[name]["decode"].append(decode)
+    results = {}
+    for name, measured in timings.items():
+        prefill, decode = statistics.median(measured["prefill"]), statistics.median(measured["decode"])
+        results[name] = {
+            "prefill_ms": 1000 * prefill,
+            "prefill_tokens_per_second": settings.speed_batch_size * settings.prompt_length / prefill,
+            "decode_tokens_per_second": settings.speed_batch_size * settings.new_tokens / decode if decode else None,
+            "prefill_ms_all": [round(1000 * value, 3) for value in measured["prefill"]],
+            "decode_ms_all": [round(1000 * value, 3) for value in measured["decode"]],
+        }
+    return results
