@@ -90,3 +90,35 @@ def test_the_shipped_study_files_are_valid(name, cells):
     study = read_study(Path(__file__).parents[1] / "configs" / name)
     assert len(study.cells) == cells
     assert study.prune_config(study.cells[0], Path("x"), None).steps > 0
+
+
+def test_a_cell_killed_mid_way_continues_from_its_checkpoint(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import ffnprune.training.loop as loop
+    from ffnprune.study.run import run_study
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(*args):
+        original(*args)
+        raise Killed
+
+    original = loop.save_checkpoint
+    path = tmp_path / "study.yaml"
+    text = STUDY.format(model=tiny_model_dir("llama"))
+    text = text.replace("[random, gum], keeps: [0.5, 0.25]", "[gum], keeps: [0.5]")
+    path.write_text(text.replace("  - {methods: [gum], keeps: [0.25], distill: [true]}\n", ""))
+    places = {"results_root": str(tmp_path / "results"), "models_root": str(tmp_path / "models"), "data": str(data_dir)}
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run_study(path, **places, say=lambda *a: None)
+    cells = tmp_path / "results" / "tiny" / "cells"
+    assert not (cells / "wikitext-gum-k0.5-nokd-s0.json").exists()
+    assert (tmp_path / "models" / "tiny" / "wikitext-gum-k0.5-nokd-s0.work" / "checkpoint" / "trainer.json").is_file()
+
+    monkeypatch.setattr(loop, "save_checkpoint", original)
+    said = []
+    run_study(path, **places, say=said.append)
+    assert any("resumed from" in line and "step 3" in line for line in said)
+    log = [json.loads(line) for line in (cells / "wikitext-gum-k0.5-nokd-s0.log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2, 3, 4, 5, 6]
