@@ -122,8 +122,8 @@ class AnalyzeConfig:
 
 @dataclass
 class SpeedConfig:
-    speed_batch_size: int = option(1, "sequences per timed forward pass")
-    prompt_length: int = option(128, "tokens of the timed prompt (prefill)")
+    batch_sizes: str = option("1,8", "timed batch sizes, comma-separated")
+    prompt_lengths: str = option("128", "timed prompt lengths (prefill), comma-separated")
     new_tokens: int = option(32, "tokens generated greedily on the KV cache after the prompt (decode)")
     repeats: int = option(5, "timed rounds; medians are reported")
     warmup: int = option(1, "untimed rounds first")
@@ -144,6 +144,17 @@ class DemoConfig:
     batch_size: int = option(4, "blocks per evaluation forward pass")
     out: str = option("out/demo", "directory for the pruned models (replaced on each run) and results.json")
     seed: int = option(0, "random seed")
+    speed: SpeedConfig = group(SpeedConfig)
+
+
+@dataclass
+class BenchConfig:
+    dense: str = option(None, "the reference model: hub id, directory, .gguf file or 'smollm2-135m'", positional=True)
+    pruned: str = option(None, "the pruned model directory to compare with it", positional=True)
+    device: str = option("cpu", "where to run", choices=("cpu", "cuda"))
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    out: str = option(None, "write the results JSON here")
+    seed: int = option(0, "seed of the random prompt tokens")
     speed: SpeedConfig = group(SpeedConfig)
 
 

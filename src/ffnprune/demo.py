@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from ffnprune import __version__
 from ffnprune.analysis.footprint import footprint
-from ffnprune.benchmark import compare_speed
+from ffnprune.benchmark.run import check_speed, machine, measure_speed, speed_table
 from ffnprune.config import DemoConfig, PruneConfig, build_config, to_flat_dict
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
-from ffnprune.io.pruned_dir import load_pruned
 from ffnprune.metrics.perplexity import block_perplexity, token_ids
 from ffnprune.models import load_model
 from ffnprune.pipeline import prune
@@ -42,6 +43,7 @@ def prune_config(config: DemoConfig, method: str, out: Path) -> PruneConfig:
 def run_demo(config: DemoConfig, say=print) -> dict:
     check_keep(config.keep)
     methods = demo_methods(config)
+    check_speed(config.speed)
     text, data_path = read_wikitext(config.data, "test")
     started = time.perf_counter()
     out = Path(config.out)
@@ -53,11 +55,11 @@ def run_demo(config: DemoConfig, say=print) -> dict:
 
     def describe(model) -> dict:
         return {**block_perplexity(model, ids, config.context, config.batch_size),
-                **_size(footprint(model, loaded.adapter, config.speed.prompt_length))}
+                **_size(footprint(model, loaded.adapter, config.context))}
 
     rows = {"dense": describe(loaded.model)}
     say(f"dense perplexity {rows['dense']['perplexity']:.2f}")
-    models = {"dense": loaded.model}
+    models = {"dense": loaded}
     settings = {}
     for method in methods:
         settings[method] = prune_config(config, method, out / method)
@@ -65,18 +67,11 @@ def run_demo(config: DemoConfig, say=print) -> dict:
             f"to keep {config.keep} ...")
         method_started = time.perf_counter()
         prune(settings[method], say=say)
-        models[method] = load_pruned(out / method).eval()  # the saved, compacted model, as a user would load it
-        rows[method] = {**describe(models[method]), "seconds": round(time.perf_counter() - method_started, 1)}
+        models[method] = load_model(str(out / method))  # the saved, compacted model, as a user would load it
+        rows[method] = {**describe(models[method].model), "seconds": round(time.perf_counter() - method_started, 1)}
         say(f"{method}: perplexity {rows[method]['perplexity']:.2f}")
-    say("timing dense and pruned models in turn ...")
-    for name, speed in compare_speed(models, config.speed, config.seed).items():
-        rows[name].update(speed)
-    dense = rows["dense"]
-    for name in methods:
-        row = rows[name]
-        row["speedup_flops"] = dense["flops_per_token"] / row["flops_per_token"]
-        row["speedup_prefill"] = dense["prefill_ms"] / row["prefill_ms"]
-        row["speedup_decode"] = row["decode_tokens_per_second"] / dense["decode_tokens_per_second"]
+    say("timing the dense and pruned models in turn ...")
+    speed = measure_speed(models, config.speed, config.seed)
 
     result = {
         "ffnprune_version": __version__,
@@ -88,12 +83,13 @@ def run_demo(config: DemoConfig, say=print) -> dict:
         "keep": config.keep,
         "steps": config.steps,
         "seed": config.seed,
-        "protocol": {"context": config.context, "tokens_scored": dense["tokens_scored"],
-                     "speed": vars(config.speed)},
+        "protocol": {"context": config.context, "tokens_scored": rows["dense"]["tokens_scored"]},
         "hyperparameters": {method: to_flat_dict(prune_settings) for method, prune_settings in settings.items()},
         "out": str(out),
         "models": {method: str(out / method) for method in methods},
         "results": rows,
+        "speed": speed,
+        "machine": machine(torch.device("cpu")),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / RESULTS, result)
@@ -107,21 +103,13 @@ def _size(size: dict) -> dict:
 
 
 def _table(result: dict) -> str:
-    rows = result["results"]
-    header = ("", "WikiText ppl", "parameters", "GFLOPs/token", "prefill ms", "decode tok/s", "speed-up")
-    lines = [f"{header[0]:<18}{header[1]:>13}{header[2]:>14}{header[3]:>13}{header[4]:>12}{header[5]:>14}"
-             f"   {header[6]} (FLOPs / prefill / decode)"]
-    for name, row in rows.items():
+    lines = [f"{'':<18}{'WikiText ppl':>13}{'parameters':>14}{'MLP parameters':>16}{'GFLOPs/token':>14}"]
+    for name, row in result["results"].items():
         label = name if name == "dense" else f"{name} keep {result['keep']:g}"
-        speedup = "" if name == "dense" else (f"   {row['speedup_flops']:.2f}x / {row['speedup_prefill']:.2f}x / "
-                                               f"{row['speedup_decode']:.2f}x")
-        lines.append(f"{label:<18}{row['perplexity']:>13.2f}{row['parameters']:>14,}"
-                     f"{row['flops_per_token'] / 1e9:>13.3f}{row['prefill_ms']:>12.1f}"
-                     f"{row['decode_tokens_per_second']:>14.1f}{speedup}")
-    speed = result["protocol"]["speed"]
-    budget = f"{result['steps']} fine-pruning steps on WikiText validation" if result["steps"] else "one-shot"
+        lines.append(f"{label:<18}{row['perplexity']:>13.2f}{row['parameters']:>14,}{row['mlp_parameters']:>16,}"
+                     f"{row['flops_per_token'] / 1e9:>14.3f}")
+    budget = (f"fine-pruned for {result['steps']} steps on WikiText validation" if result["steps"]
+              else "one-shot, no fine-tuning")
     lines.append(f"({result['protocol']['tokens_scored']:,} test tokens scored in blocks of "
-                 f"{result['protocol']['context']}; {budget}; timing: batch {speed['speed_batch_size']}, "
-                 f"{speed['prompt_length']}-token prompt, {speed['new_tokens']} decoded tokens, median of "
-                 f"{speed['repeats']}; models and results.json in {result['out']})")
-    return "\n".join(lines)
+                 f"{result['protocol']['context']}; {budget}; models and results.json in {result['out']})")
+    return "\n".join(lines) + "\n\n" + speed_table(result["speed"])

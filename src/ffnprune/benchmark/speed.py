@@ -12,6 +12,7 @@ import time
 import torch
 from torch import nn
 
+from ffnprune.benchmark.memory import PeakMemory
 from ffnprune.config import SpeedConfig
 
 
@@ -37,29 +38,34 @@ def _prefill_and_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int)
     return prefilled - started, time.perf_counter() - prefilled
 
 
-def compare_speed(models: dict[str, nn.Module], settings: SpeedConfig, seed: int = 0) -> dict[str, dict]:
-    """Per model: median prefill milliseconds and decode tokens per second (batch x new tokens / decode time)."""
+def compare_speed(models: dict[str, nn.Module], settings: SpeedConfig, batch_size: int, prompt_length: int,
+                  seed: int = 0) -> dict[str, dict]:
+    """Per model: median prefill milliseconds, prefill and decode tokens per second, and the peak memory added
+    while it ran (weights excluded; see PeakMemory)."""
     first = next(iter(models.values()))
     device = next(first.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    vocab = first.config.vocab_size
-    prompt = torch.randint(vocab, (settings.speed_batch_size, settings.prompt_length), generator=generator).to(device)
+    prompt = torch.randint(first.config.vocab_size, (batch_size, prompt_length), generator=generator).to(device)
     names = list(models)
-    timings = {name: {"prefill": [], "decode": []} for name in names}
+    timings = {name: {"prefill": [], "decode": [], "memory": []} for name in names}
     for round_index in range(settings.warmup + settings.repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            prefill, decode = _prefill_and_decode(models[name].eval(), prompt, settings.new_tokens)
+            with PeakMemory(device) as peak:
+                prefill, decode = _prefill_and_decode(models[name].eval(), prompt, settings.new_tokens)
             if round_index >= settings.warmup:
                 timings[name]["prefill"].append(prefill)
                 timings[name]["decode"].append(decode)
+                timings[name]["memory"].append(peak.added)
     results = {}
     for name, measured in timings.items():
         prefill, decode = statistics.median(measured["prefill"]), statistics.median(measured["decode"])
+        memory = [value for value in measured["memory"] if value is not None]
         results[name] = {
             "prefill_ms": 1000 * prefill,
-            "prefill_tokens_per_second": settings.speed_batch_size * settings.prompt_length / prefill,
-            "decode_tokens_per_second": settings.speed_batch_size * settings.new_tokens / decode if decode else None,
+            "prefill_tokens_per_second": batch_size * prompt_length / prefill,
+            "decode_tokens_per_second": batch_size * settings.new_tokens / decode if decode else None,
+            "peak_memory_added_bytes": max(memory) if memory else None,
             "prefill_ms_all": [round(1000 * value, 3) for value in measured["prefill"]],
             "decode_ms_all": [round(1000 * value, 3) for value in measured["decode"]],
         }

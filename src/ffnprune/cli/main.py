@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
-from ffnprune.config import AnalyzeConfig, DemoConfig, EvaluateConfig, PruneConfig
+from ffnprune.config import AnalyzeConfig, BenchConfig, DemoConfig, EvaluateConfig, PruneConfig
 from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
 
@@ -76,6 +76,12 @@ def _export(args) -> None:
     print(f"saved a uniform-width copy to {out}; it loads with plain from_pretrained")
 
 
+def _bench(args) -> None:
+    from ffnprune.benchmark.run import run_bench
+
+    run_bench(config_from_args(BenchConfig, args))
+
+
 def _demo(args) -> None:
     from ffnprune.demo import run_demo
 
@@ -134,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output directory")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(handler=_export)
+
+    bench = commands.add_parser("bench", help="measure a pruned model's speed against the dense one")
+    add_config_arguments(bench, BenchConfig)
+    bench.set_defaults(handler=_bench)
 
     demo = commands.add_parser("demo", help="fine-prune with GUM and random, compact, compare perplexity and speed")
     add_config_arguments(demo, DemoConfig)

@@ -1,0 +1,69 @@
+"""`ffnprune bench`: a pruned model timed against its dense source, with the FLOP-theoretical speed-up beside."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ffnprune.benchmark.memory import PeakMemory
+from ffnprune.cli.main import main
+
+
+@pytest.fixture
+def pair(tiny_model_dir, tmp_path):
+    dense = tiny_model_dir("llama")
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(dense), "--method", "random", "--keep", "0.25", "--out", str(pruned)]) == 0
+    return dense, pruned
+
+
+def test_bench_times_both_models_and_sets_measured_against_flops(capsys, pair, tmp_path):
+    dense, pruned = pair
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(dense), str(pruned), "--batch-sizes", "1,2", "--prompt-lengths", "8,16",
+                 "--new-tokens", "3", "--repeats", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "prefill speed-up" in printed and "(measured / FLOPs)" in printed
+    result = json.loads(out.read_text())
+    assert result["machine"]["device"] == "cpu" and result["machine"]["torch"] == torch.__version__
+    assert len(result["runs"]) == 2 * 2 * 2
+    sizes = result["sizes"]
+    reference, other = list(sizes)
+    assert reference == result["reference"]
+    assert sizes[other]["mlp_parameters"] == sizes[reference]["mlp_parameters"] // 4
+    for row in result["runs"]:
+        assert len(row["prefill_ms_all"]) == 2 and row["decode_tokens_per_second"] > 0
+        if row["model"] == other:
+            expected = [r for r in result["runs"] if r["model"] == reference and r["batch_size"] == row["batch_size"]
+                        and r["prompt_length"] == row["prompt_length"]][0]
+            assert row["speedup_prefill_flops"] == pytest.approx(
+                expected["prefill_flops_per_token"] / row["prefill_flops_per_token"])
+            assert row["speedup_prefill_flops"] > 1 and row["speedup_decode_flops"] > 1
+            assert row["prefill_efficiency"] == pytest.approx(row["speedup_prefill"] / row["speedup_prefill_flops"])
+
+
+@pytest.mark.parametrize("argv,message", [(["--batch-sizes", "1,x"], "--batch-sizes"),
+                                          (["--repeats", "0"], "--repeats"),
+                                          (["--device", "cuda"], "no CUDA device")])
+def test_bench_bad_options(capsys, pair, argv, message):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code = main(["bench", *map(str, pair), *argv])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_needs_two_models(capsys, pair):
+    assert main(["bench", str(pair[0])]) == 2
+    assert "two models" in capsys.readouterr().err
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    with PeakMemory("cpu") as peak:
+        block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        del block
+    if peak.bytes is None:
+        pytest.skip("this platform does not report peak resident memory")
+    assert peak.added >= 60 * 1024 * 1024
