@@ -67,3 +67,27 @@ def test_peak_memory_sees_a_temporary_allocation():
     if peak.bytes is None:
         pytest.skip("this platform does not report peak resident memory")
     assert peak.added >= 60 * 1024 * 1024
+
+
+def test_training_bench_times_each_variant_against_plain_fine_tuning(capsys, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "training.json"
+    code = main(["bench-training", str(tiny_model_dir("llama")), "--data", str(data_dir), "--variants",
+                 "fine-tuning,global-movement,gum,gum:tokens=8:every=2", "--context", "32", "--steps", "3",
+                 "--warmup", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "time / FT" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["variants"]
+    assert list(rows) == ["fine-tuning", "global-movement", "gum", "gum:tokens=8:every=2"]
+    assert all(len(row["step_seconds_all"]) == 3 * 2 for row in rows.values())
+    assert "time_vs_fine_tuning" not in rows["fine-tuning"]
+    gum = rows["gum"]
+    assert gum["time_vs_fine_tuning"] == pytest.approx(gum["step_seconds"] / rows["fine-tuning"]["step_seconds"])
+    assert gum["time_vs_global_movement"] == pytest.approx(
+        gum["step_seconds"] / rows["global-movement"]["step_seconds"])
+
+
+@pytest.mark.parametrize("variants,message", [("gum:tokens=0", "tokens=N"), ("movement:every=2", "gum and anti-gum"),
+                                              ("fine-tuning:tokens=8", "no options"), ("bogus", "known methods")])
+def test_training_bench_bad_variants(capsys, tiny_model_dir, variants, message):
+    assert main(["bench-training", str(tiny_model_dir("llama")), "--variants", variants]) == 2
+    assert message in capsys.readouterr().err

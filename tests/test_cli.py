@@ -67,6 +67,7 @@ def test_prune_saves_a_model_with_metadata_and_tokenizer(capsys, dense_dir, tmp_
     (["--steps", "-1"], "must be 0"),
     (["--method", "gum", "--steps", "0"], "needs --mu"),
     (["--method", "movement", "--steps", "0"], "give --steps N"),
+    (["--method", "gum", "--mu", "1", "--steps", "10", "--gum-tokens", "0"], "--gum-tokens 0 must be"),
 ])
 def test_prune_bad_options_exit_2_with_the_fix(capsys, dense_dir, tmp_path, argv, message):
     code, _, err = run(capsys, "prune", dense_dir, "--out", tmp_path / "x", *argv)

@@ -155,6 +155,34 @@ def test_statistics_exclude_pad_tokens_and_follow_the_running_average():
     assert pruner.uniqueness[1] is not None and pruner.uniqueness[1].shape == (80,)
 
 
+def test_cheap_statistics_count_strided_tokens_every_kth_step():
+    model = tiny_model("llama").train()
+    adapter = adapter_for(model.config)
+    settings = PenaltySettings(mu=1.0, beta=0.5, gum_tokens=4, gum_every=2)
+    pruner = FinePruner(model, adapter, get_method("gum"), CubicSchedule(100, 0.5), settings)
+    captured = []
+    adapter.output_projection(adapter.decoder_layers(model)[0]).register_forward_pre_hook(
+        lambda module, args: captured.append(args[0].detach().clone()))
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(4))
+    attention = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    grams, uniqueness = [], []
+    for _ in range(3):
+        pruner.before_forward(attention)
+        model(ids, attention_mask=attention).logits.sum().backward()
+        pruner.after_backward()
+        pruner.after_optimizer_step()
+        grams.append(pruner.statistics.gram[0].clone())
+        uniqueness.append(pruner.uniqueness[0].clone())
+    real = captured[0][attention.bool()]  # 11 real tokens; strided: rows 0, 3, 7, 10
+    sampled = real[[0, 3, 7, 10]]
+    assert torch.allclose(grams[0], 0.5 * sampled.T @ sampled, atol=1e-5)
+    assert torch.equal(grams[1], grams[0]) and torch.equal(uniqueness[1], uniqueness[0])  # step 1: not counted
+    real = captured[2][attention.bool()]
+    sampled = real[[0, 3, 7, 10]]
+    assert torch.allclose(grams[2], 0.5 * grams[0] + 0.5 * sampled.T @ sampled, atol=1e-5)
+    assert not torch.equal(uniqueness[2], uniqueness[0])
+
+
 def test_random_scores_stay_frozen_and_magnitude_scores_follow_the_weights():
     model = tiny_model("gpt2").train()
     adapter = adapter_for(model.config)

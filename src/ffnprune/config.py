@@ -37,6 +37,9 @@ class PenaltyConfig:
     mu: float = option(None, "GUM's uniqueness weight mu > 0 (gum, anti-gum; the paper sweeps 0.5-2)")
     beta: float = option(0.999, "GUM's running-statistics rate beta")
     soft_threshold: float = option(0.1, "soft movement's final sigmoid threshold")
+    gum_tokens: int = option(None, "GUM's statistics see at most N tokens per micro-batch, evenly strided (default: "
+                                   "all)")
+    gum_every: int = option(1, "GUM updates its statistics (and u) every N steps")
 
 
 @dataclass
@@ -127,6 +130,26 @@ class SpeedConfig:
     new_tokens: int = option(32, "tokens generated greedily on the KV cache after the prompt (decode)")
     repeats: int = option(5, "timed rounds; medians are reported")
     warmup: int = option(1, "untimed rounds first")
+
+
+@dataclass
+class TrainingBenchConfig:
+    model: str = option(None, "hub id, model directory, .gguf file or 'smollm2-135m'", positional=True)
+    variants: str = option("fine-tuning,movement,global-movement,gum",
+                           "what to time, comma-separated: fine-tuning (no pruning) or a method, with GUM's cost "
+                           "options after colons (gum:tokens=128:every=4)")
+    data: str = option(None, "WikiText data folder or file (default: ../shared/data)")
+    keep: float = option(0.5, "final keep fraction of the pruning methods")
+    mu: float = option(1.0, "GUM's uniqueness weight")
+    batch_size: int = option(2, "sequences per step")
+    context: int = option(256, "tokens per sequence")
+    steps: int = option(6, "timed steps per variant and round")
+    warmup: int = option(2, "untimed steps first (the optimizer's state is allocated there)")
+    rounds: int = option(2, "rounds over all variants, each in a rotated order")
+    device: str = option("cpu", "where to run", choices=("cpu", "cuda"))
+    mixed_precision: str = option("no", "no or bf16 (GPU)", choices=("no", "bf16"))
+    out: str = option(None, "write the results JSON here")
+    seed: int = option(0, "random seed")
 
 
 @dataclass

@@ -50,6 +50,9 @@ def check_config(config: PruneConfig) -> Method:
     if method.uses_mu and (mu is None or mu <= 0):
         raise FfnpruneError(f"method {method.name} needs --mu > 0, the weight of uniqueness in its penalty "
                             "(the paper sweeps 0.5-2; --mu 1 is a fair start)")
+    for name, value in (("gum-tokens", config.penalty.gum_tokens), ("gum-every", config.penalty.gum_every)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise FfnpruneError(f"--{name} {value!r} must be a whole number >= 1")
     if mu is not None and not method.uses_mu:
         warnings.warn(f"--mu {mu} is ignored by method {method.name}: only gum and anti-gum use it",
                       FfnpruneWarning, stacklevel=2)
@@ -115,7 +118,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
                                       config.training.eval_tokens, strict=config.strict)
         eval_examples = eval_examples.head(max(1, config.training.eval_tokens // length))
     penalty = PenaltySettings(config.penalty.lambda_, config.penalty.mu, config.penalty.beta,
-                              config.penalty.soft_threshold)
+                              config.penalty.soft_threshold, config.penalty.gum_tokens, config.penalty.gum_every)
     outcome = train(config, loaded.model, loaded.adapter, method, schedule, penalty, train_examples, eval_examples,
                     workdir, teacher=teacher, resume=resume is not None, say=say)
     protocol = {"task": config.task, "data": str(config.data or "default (../shared/data)"),

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
-from ffnprune.config import AnalyzeConfig, BenchConfig, DemoConfig, EvaluateConfig, PruneConfig
+from ffnprune.config import AnalyzeConfig, BenchConfig, DemoConfig, EvaluateConfig, PruneConfig, TrainingBenchConfig
 from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
 
@@ -82,6 +82,12 @@ def _bench(args) -> None:
     run_bench(config_from_args(BenchConfig, args))
 
 
+def _bench_training(args) -> None:
+    from ffnprune.benchmark.training import run_training_bench
+
+    run_training_bench(config_from_args(TrainingBenchConfig, args))
+
+
 def _demo(args) -> None:
     from ffnprune.demo import run_demo
 
@@ -144,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure a pruned model's speed against the dense one")
     add_config_arguments(bench, BenchConfig)
     bench.set_defaults(handler=_bench)
+
+    bench_training = commands.add_parser("bench-training", help="step time and memory of fine-pruning methods "
+                                         "against plain fine-tuning")
+    add_config_arguments(bench_training, TrainingBenchConfig)
+    bench_training.set_defaults(handler=_bench_training)
 
     demo = commands.add_parser("demo", help="fine-prune with GUM and random, compact, compare perplexity and speed")
     add_config_arguments(demo, DemoConfig)

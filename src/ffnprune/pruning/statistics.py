@@ -16,10 +16,16 @@ class CosineStatistics:
 
     With a rate `beta` (GUM, METHOD section 5) G is a running average, G <- (1 - beta) G + beta H^T H, and diag(G)
     is the running n. With beta None (the redundancy analysis, section 7) G, the column sums of H and the token
-    count are plain sums over everything seen."""
+    count are plain sums over everything seen.
 
-    def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None):
+    `max_tokens` bounds the cost of H^T H (tokens x N^2 per layer and forward): only that many of a pass's tokens,
+    evenly strided, are counted; `active` False skips passes altogether. Both depend on nothing but the step, so a
+    resumed run counts what the uninterrupted one did."""
+
+    def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None, max_tokens: int | None = None):
         self.beta = beta
+        self.max_tokens = max_tokens
+        self.active = True
         layers = len(adapter.decoder_layers(model))
         self.gram: list[torch.Tensor | None] = [None] * layers
         self.sums: list[torch.Tensor | None] = [None] * layers
@@ -33,12 +39,16 @@ class CosineStatistics:
 
     def _capture(self, index: int):
         def hook(module, args):
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or not self.active:
                 return None
             with torch.no_grad():
-                activations = args[0].flatten(0, -2).float()  # [tokens, N]; N may be 0
+                activations = args[0].flatten(0, -2)  # [tokens, N]; N may be 0
                 if self.token_mask is not None:
                     activations = activations[self.token_mask.reshape(-1).to(activations.device).bool()]
+                if self.max_tokens and activations.shape[0] > self.max_tokens:
+                    stride = torch.linspace(0, activations.shape[0] - 1, self.max_tokens, device=activations.device)
+                    activations = activations[stride.round().long()]
+                activations = activations.float()
                 moments = (activations.T @ activations, activations.sum(dim=0), activations.shape[0])
                 pending = self._pending[index]
                 self._pending[index] = moments if pending is None else tuple(a + b for a, b in zip(pending, moments))

@@ -36,6 +36,8 @@ class PenaltySettings:
     mu: float | None = None  # GUM's uniqueness weight
     beta: float = 0.999  # GUM's running-statistics rate
     soft_threshold: float = 0.1  # soft movement's final sigmoid threshold
+    gum_tokens: int | None = None  # tokens per micro-batch GUM's statistics see (None: all)
+    gum_every: int = 1  # GUM refreshes its statistics and u every N steps
 
 
 class FinePruner:
@@ -53,7 +55,8 @@ class FinePruner:
         self.scores = NeuronScores(widths, method.learned, initial).to(device)
         self.masks = NeuronMasks(model, adapter, [torch.ones(w, device=device) for w in widths]).attach()
         # Registered after the masks, so it sees the masked activations (pruned neurons are 0).
-        self.statistics = CosineStatistics(model, adapter, penalty.beta) if method.uses_mu else None
+        self.statistics = (CosineStatistics(model, adapter, penalty.beta, penalty.gum_tokens)
+                           if method.uses_mu else None)
         self.uniqueness: list[torch.Tensor | None] = [None] * len(widths)
 
     def trainable_scores(self) -> list[nn.Parameter]:
@@ -80,6 +83,7 @@ class FinePruner:
         self.masks.masks = straight_through(self.kept(), scores)
         if self.statistics is not None:
             self.statistics.token_mask = attention_mask
+            self.statistics.active = self.step % self.settings.gum_every == 0
 
     def penalty(self) -> torch.Tensor:
         """lambda_t * R, to add to the loss (0 for methods without a penalty)."""
@@ -97,7 +101,7 @@ class FinePruner:
 
     def after_backward(self) -> None:
         """Fold this pass's activations into GUM's statistics and refresh u for the next step's penalty."""
-        if self.statistics is not None:
+        if self.statistics is not None and self.statistics.active:
             self.statistics.update(self.reduce)
             self.uniqueness = self.statistics.uniqueness_penalty(self.keep_fraction)
 

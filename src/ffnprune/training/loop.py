@@ -61,15 +61,16 @@ class BatchOrder:
         return [int(self._order(p // self.size)[p % self.size]) for p in range(first, first + count)]
 
 
-def parameter_groups(model: nn.Module, pruner: FinePruner, lr: float, score_lr: float, weight_decay: float):
-    """Weight decay on matrices only (none on biases, norms, scores); the scores get their own learning rate."""
+def parameter_groups(model: nn.Module, pruner: FinePruner | None, lr: float, score_lr: float, weight_decay: float):
+    """Weight decay on matrices only (none on biases, norms, scores); the scores get their own learning rate.
+    Without a pruner: the groups of plain fine-tuning."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
     groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
               {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
-    if pruner.trainable_scores():
+    if pruner is not None and pruner.trainable_scores():
         groups.append({"params": pruner.trainable_scores(), "lr": score_lr, "weight_decay": 0.0})
     return groups
 

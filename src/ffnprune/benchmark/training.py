@@ -1,0 +1,193 @@
+"""`ffnprune bench-training MODEL`: what fine-pruning costs next to plain fine-tuning, step time and peak memory.
+
+Every variant trains a fresh copy of the model on the same batches with the four FinePruner hook calls of the
+training loop (none for plain fine-tuning). Rounds rotate the order of the variants; step times are medians over
+all timed steps of all rounds, memory the highest peak (see PeakMemory) over the rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from ffnprune.benchmark.memory import PeakMemory
+from ffnprune.benchmark.run import machine
+from ffnprune.config import TrainingBenchConfig
+from ffnprune.criteria import get_method
+from ffnprune.errors import FfnpruneError
+from ffnprune.io.atomic import write_json_atomic
+from ffnprune.metrics.perplexity import causal_lm_loss
+from ffnprune.models import LoadedModel, load_model
+from ffnprune.schedules import CubicSchedule
+from ffnprune.tasks import task_examples
+from ffnprune.training.hooks import FinePruner, PenaltySettings
+from ffnprune.training.loop import parameter_groups
+
+PLAIN = "fine-tuning"
+GUM_OPTIONS = {"tokens": "gum_tokens", "every": "gum_every"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    label: str
+    method: str | None  # None: plain fine-tuning
+    penalty: PenaltySettings
+
+
+def parse_variants(text: str, mu: float) -> list[Variant]:
+    variants = []
+    for spec in (part.strip() for part in text.split(",") if part.strip()):
+        name, *options = spec.split(":")
+        if name == PLAIN:
+            if options:
+                raise FfnpruneError(f"variant {spec!r}: plain fine-tuning takes no options")
+            variants.append(Variant(spec, None, PenaltySettings()))
+            continue
+        method = get_method(name)
+        settings = {"mu": mu if method.uses_mu else None}
+        for option in options:
+            key, _, value = option.partition("=")
+            if key not in GUM_OPTIONS or not method.uses_mu or not value.isdigit() or int(value) < 1:
+                raise FfnpruneError(f"variant {spec!r}: options are tokens=N and every=N (N >= 1), for gum and "
+                                    "anti-gum only, e.g. gum:tokens=128:every=4")
+            settings[GUM_OPTIONS[key]] = int(value)
+        variants.append(Variant(spec, method.name, PenaltySettings(**settings)))
+    if not variants:
+        raise FfnpruneError("--variants names nothing to time; e.g. fine-tuning,global-movement,gum")
+    return variants
+
+
+def _run_variant(base: LoadedModel, variant: Variant, batches: list[dict], config: TrainingBenchConfig,
+                 device: torch.device) -> tuple[list[float], PeakMemory]:
+    total = config.warmup + config.steps
+    with PeakMemory(device) as peak:
+        model = copy.deepcopy(base.model).to(device).train()
+        pruner = None
+        if variant.method is not None:
+            schedule = CubicSchedule(max(total, 10), config.keep)
+            pruner = FinePruner(model, base.adapter, get_method(variant.method), schedule, variant.penalty,
+                                config.seed)
+        optimizer = torch.optim.AdamW(parameter_groups(model, pruner, 5e-5, 1e-2, 0.1), eps=1e-4)
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.mixed_precision == "bf16"
+                    else nullcontext())
+        times = []
+        for step in range(total):
+            batch = batches[step % len(batches)]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            if pruner is not None:
+                pruner.before_forward(batch["attention_mask"])
+            with autocast:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).logits
+            loss = causal_lm_loss(logits, batch["labels"])
+            if pruner is not None:
+                loss = loss + pruner.penalty()
+            loss.backward()
+            if pruner is not None:
+                pruner.after_backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if pruner is not None:
+                pruner.after_optimizer_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= config.warmup:
+                times.append(time.perf_counter() - started)
+        if pruner is not None:
+            pruner.detach()
+        del model, pruner, optimizer
+        gc.collect()
+    return times, peak
+
+
+def run_training_bench(config: TrainingBenchConfig, say=print) -> dict:
+    if not config.model:
+        raise FfnpruneError("no MODEL given: name a hub id, a model directory, a .gguf file or 'smollm2-135m'")
+    if config.steps < 1 or config.warmup < 0 or config.rounds < 1:
+        raise FfnpruneError("--steps and --rounds must be >= 1 and --warmup >= 0")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise FfnpruneError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+    variants = parse_variants(config.variants, config.mu)
+    device = torch.device(config.device)
+    say(f"loading {config.model} ...")
+    base = load_model(config.model)
+    examples = task_examples("wikitext", base.tokenizer, config.data, "validation", config.context)
+    needed = config.warmup + config.steps
+    if len(examples) < config.batch_size:
+        raise FfnpruneError(f"the data holds {len(examples)} sequences of {config.context} tokens, fewer than "
+                            f"--batch-size {config.batch_size}")
+    batches = [{k: v.to(device) for k, v in examples.batch(
+        [(step * config.batch_size + i) % len(examples) for i in range(config.batch_size)]).items()}
+        for step in range(needed)]
+    torch.manual_seed(config.seed)
+    measured = {variant.label: {"times": [], "peak": [], "added": []} for variant in variants}
+    for round_index in range(config.rounds):
+        shift = round_index % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            say(f"round {round_index + 1}/{config.rounds}: {variant.label}")
+            times, peak = _run_variant(base, variant, batches, config, device)
+            measured[variant.label]["times"].extend(times)
+            measured[variant.label]["peak"].append(peak.bytes)
+            measured[variant.label]["added"].append(peak.added)
+    rows = {}
+    for label, values in measured.items():
+        peaks = [v for v in values["peak"] if v is not None]
+        added = [v for v in values["added"] if v is not None]
+        rows[label] = {"step_seconds": statistics.median(values["times"]),
+                       "step_seconds_all": [round(t, 4) for t in values["times"]],
+                       "peak_memory_bytes": max(peaks) if peaks else None,
+                       "peak_memory_added_bytes": max(added) if added else None}
+    _add_ratios(rows, variants)
+    result = {"model": config.model, "data": "wikitext validation", "settings": dataclasses.asdict(config),
+              "memory": ("CUDA memory allocated" if device.type == "cuda" else
+                         "resident set of the process; 'added' excludes what it held before the variant began"),
+              "machine": machine(device), "variants": rows}
+    say(training_table(result))
+    if config.out:
+        write_json_atomic(config.out, result)
+        say(f"wrote {config.out}")
+    return result
+
+
+def _add_ratios(rows: dict, variants: list[Variant]) -> None:
+    """Each variant against plain fine-tuning; GUM variants also against global movement."""
+    def ratio(label: str, other: str, key: str) -> float | None:
+        a, b = rows[label][key], rows.get(other, {}).get(key)
+        return a / b if a is not None and b else None
+
+    for variant in variants:
+        row = rows[variant.label]
+        if variant.method is not None:
+            row["time_vs_fine_tuning"] = ratio(variant.label, PLAIN, "step_seconds")
+            row["memory_vs_fine_tuning"] = ratio(variant.label, PLAIN, "peak_memory_added_bytes")
+        if variant.method in ("gum", "anti-gum"):
+            row["time_vs_global_movement"] = ratio(variant.label, "global-movement", "step_seconds")
+
+
+def training_table(result: dict) -> str:
+    def show(value, form):
+        return "-" if value is None else format(value, form)
+
+    width = max(len(label) for label in result["variants"]) + 2
+    lines = [f"{'variant':<{width}}{'step s':>9}{'peak MiB':>10}{'added MiB':>11}{'time / FT':>11}"
+             f"{'memory / FT':>13}{'time / GM':>11}"]
+    for label, row in result["variants"].items():
+        peak, added = row["peak_memory_bytes"], row["peak_memory_added_bytes"]
+        lines.append(f"{label:<{width}}{row['step_seconds']:>9.3f}{show(peak and peak / 2**20, '.0f'):>10}"
+                     f"{show(added and added / 2**20, '.0f'):>11}{show(row.get('time_vs_fine_tuning'), '.3f'):>11}"
+                     f"{show(row.get('memory_vs_fine_tuning'), '.3f'):>13}"
+                     f"{show(row.get('time_vs_global_movement'), '.3f'):>11}")
+    settings = result["settings"]
+    lines.append(f"(FT: plain fine-tuning, GM: global movement; batch {settings['batch_size']} x {settings['context']} "
+                 f"tokens; medians of {settings['steps']} steps x {settings['rounds']} rounds after "
+                 f"{settings['warmup']} warm-up steps)")
+    return "\n".join(lines)
