@@ -12,7 +12,7 @@ from ffnprune.adapters import adapter_for
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.pruning.penalty import penalty_weights, score_penalty
-from ffnprune.pruning.selection import global_top_v, kept_count
+from ffnprune.pruning.selection import global_top_v, kept_count, round_widths
 from ffnprune.pruning.statistics import CosineStatistics
 from ffnprune.schedules import CubicSchedule
 from ffnprune.training.distill import distillation_loss
@@ -251,3 +251,19 @@ def test_soft_movement_keeps_scores_whose_sigmoid_passes_the_scheduled_threshold
     expected = int((torch.sigmoid(torch.linspace(-4, 4, 80)) > 0.1).sum())
     assert 0 < expected < 80
     assert [len(k) for k in pruner.kept()] == [expected] * 4
+
+
+def test_round_widths_trims_the_lowest_kept_and_restores_the_highest_pruned():
+    scores = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    order = torch.argsort(scores, descending=True)
+    odd = torch.sort(order[1:38]).values  # 37 kept, not the very best neuron
+    [up] = round_widths([odd], [scores], 8)  # 37 -> 40: the three best pruned come back
+    assert len(up) == 40 and set(up.tolist()) == set(odd.tolist()) | set(order[[0, 38, 39]].tolist())
+    fewer = torch.sort(order[:35]).values
+    [down] = round_widths([fewer], [scores], 8)  # 35 -> 32: the three lowest kept go
+    assert torch.equal(down, torch.sort(order[:32]).values)
+    assert len(round_widths([torch.arange(100)], [scores], 8)[0]) == 100  # a full layer stays full
+    assert len(round_widths([torch.arange(98)], [scores], 8)[0]) == 96
+    assert len(round_widths([torch.arange(3)], [scores], 8)[0]) == 0
+    with pytest.raises(FfnpruneError, match="--round-to"):
+        round_widths([odd], [scores], 0)

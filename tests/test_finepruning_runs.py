@@ -60,6 +60,15 @@ def test_soft_movement_runs_end_to_end(tiny_dirs, data_dir, tmp_path):
     assert metadata["selection"] == "threshold" and 0 <= metadata["keep_actual"] <= 1
 
 
+def test_rounded_widths_hold_during_fine_pruning_and_after(tiny_dirs, data_dir, tmp_path):
+    out = prune(config(tiny_dirs["llama"], tmp_path / "gum", data_dir, method="gum", mu=1.0, round_to=16,
+                       eval_every=0), say=lambda *a: None)
+    widths = load_pruned(out).config.ffnprune["mlp_widths"]
+    assert all(width % 16 == 0 for width in widths) and read_metadata(out)["round_to"] == 16
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(round(record["keep_actual"] * 320) % 16 == 0 for record in log)  # the masks trained with
+
+
 def test_distillation_runs_and_is_logged(tiny_dirs, data_dir, tmp_path):
     out = prune(config(tiny_dirs["gpt2"], tmp_path / "kd", data_dir, method="global-movement", distill=True),
                 say=lambda *a: None)

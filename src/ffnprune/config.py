@@ -73,6 +73,7 @@ class PruneConfig:
     method: str = option("magnitude", "pruning method (ffnprune prune --help lists them)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
     steps: int = option(0, "fine-pruning optimizer steps; 0 prunes in one shot")
+    round_to: int = option(1, "round each layer's kept width to a multiple of N (8, 64, 128: faster kernels)")
     seed: int = option(0, "random seed")
     task: str = option("wikitext", "task to fine-prune on")
     data: str = option(None, "task data folder or file (default: ../shared/data)")

@@ -18,7 +18,7 @@ from ffnprune.io.atomic import check_output_dir
 from ffnprune.io.pruned_dir import save_pruned
 from ffnprune.models import LoadedModel, load_model
 from ffnprune.pruning.oneshot import compact_with_metadata, prune_loaded
-from ffnprune.pruning.selection import check_keep
+from ffnprune.pruning.selection import check_keep, check_round_to
 from ffnprune.schedules import CubicSchedule
 from ffnprune.tasks import task_examples
 from ffnprune.training.hooks import PenaltySettings
@@ -44,6 +44,7 @@ def check_config(config: PruneConfig) -> Method:
         raise FfnpruneError("no --out given: name the directory to write the pruned model to")
     check_keep(config.keep)
     method = get_method(config.method)
+    check_round_to(config.round_to)
     if not isinstance(config.steps, int) or config.steps < 0:
         raise FfnpruneError(f"--steps {config.steps!r} must be 0 (one-shot) or a positive number of optimizer steps")
     mu = config.penalty.mu

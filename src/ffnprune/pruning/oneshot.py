@@ -14,17 +14,19 @@ from ffnprune.config import PruneConfig
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.models import LoadedModel
-from ffnprune.pruning.selection import check_keep, local_top_v
+from ffnprune.pruning.selection import check_keep, local_top_v, round_widths
 
 
-def select_kept(model: nn.Module, adapter: MlpAdapter, method: str, keep: float, seed: int) -> list[torch.Tensor]:
-    """Indices of the neurons each layer keeps, by the named method's fixed scores and local Top_v."""
+def select_kept(model: nn.Module, adapter: MlpAdapter, method: str, keep: float, seed: int,
+                round_to: int = 1) -> list[torch.Tensor]:
+    """Indices of the neurons each layer keeps, by the named method's fixed scores and local Top_v, each layer's
+    width rounded to a multiple of `round_to`."""
     resolved = get_method(method)
     if resolved.learned:
         raise FfnpruneError(f"method {method!r} learns its scores while fine-tuning: give --steps N (N > 0), or use "
                             "random or magnitude for one-shot pruning")
     scores = resolved.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
-    return local_top_v(scores, check_keep(keep))
+    return round_widths(local_top_v(scores, check_keep(keep)), scores, round_to)
 
 
 def compact_with_metadata(loaded: LoadedModel, config: PruneConfig, kept: list[torch.Tensor], **extra) -> dict:
@@ -45,6 +47,7 @@ def compact_with_metadata(loaded: LoadedModel, config: PruneConfig, kept: list[t
         "selection": f"{method.selection} top-v" if method.selection != "threshold" else "threshold",
         "steps": config.steps,
         "seed": config.seed,
+        "round_to": config.round_to,
         "mlp_widths_before": widths_before,
         "parameters_before": parameters_before,
         "parameters_after": model.num_parameters(),
@@ -55,5 +58,5 @@ def compact_with_metadata(loaded: LoadedModel, config: PruneConfig, kept: list[t
 
 def prune_loaded(loaded: LoadedModel, config: PruneConfig) -> dict:
     """One-shot: select and compact in place; returns the metadata."""
-    kept = select_kept(loaded.model, loaded.adapter, config.method, config.keep, config.seed)
+    kept = select_kept(loaded.model, loaded.adapter, config.method, config.keep, config.seed, config.round_to)
     return compact_with_metadata(loaded, config, kept)

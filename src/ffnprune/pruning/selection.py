@@ -19,6 +19,12 @@ def check_keep(keep: float) -> float:
     return float(keep)
 
 
+def check_round_to(multiple: int) -> int:
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+        raise FfnpruneError(f"--round-to {multiple!r} must be a whole number >= 1 (1: no rounding; 8, 64, 128)")
+    return multiple
+
+
 def kept_count(keep: float, width: int) -> int:
     """int(v * N), guarded against float error (0.29 * 100 is 28.999...)."""
     return min(width, math.floor(keep * width + 1e-9))
@@ -47,3 +53,20 @@ def global_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tens
 def threshold_selection(scores: Sequence[torch.Tensor], threshold: float) -> list[torch.Tensor]:
     """Soft movement: keep neuron i where sigmoid(s_i) > threshold."""
     return [(torch.sigmoid(s.detach().float()) > threshold).nonzero().flatten() for s in scores]
+
+
+def round_widths(kept: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], multiple: int) -> list[torch.Tensor]:
+    """Each layer's kept count rounded to the nearest multiple of `multiple` (a full layer stays full), for
+    hardware-friendly shapes: the lowest-scored kept neurons go first, the highest-scored pruned ones come back."""
+    if check_round_to(multiple) == 1:
+        return list(kept)
+    rounded = []
+    for indices, layer_scores in zip(kept, scores):
+        width = layer_scores.numel()
+        target = width if len(indices) == width else min(width, multiple * round(len(indices) / multiple))
+        chosen = torch.zeros(width, dtype=torch.bool, device=layer_scores.device)
+        chosen[indices] = True
+        by_score = torch.argsort(layer_scores.detach().float(), descending=True)
+        ranked = torch.cat([by_score[chosen[by_score]], by_score[~chosen[by_score]]])
+        rounded.append(torch.sort(ranked[:target]).values)
+    return rounded

@@ -25,7 +25,7 @@ from ffnprune.criteria import Method
 from ffnprune.pruning.masks import NeuronMasks
 from ffnprune.pruning.penalty import penalty_weights, score_penalty
 from ffnprune.pruning.scores import NeuronScores, straight_through
-from ffnprune.pruning.selection import global_top_v, local_top_v, threshold_selection
+from ffnprune.pruning.selection import global_top_v, local_top_v, round_widths, threshold_selection
 from ffnprune.pruning.statistics import CosineStatistics
 from ffnprune.schedules import CubicSchedule
 
@@ -45,8 +45,9 @@ class FinePruner:
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, method: Method, schedule: CubicSchedule,
                  penalty: PenaltySettings = PenaltySettings(), seed: int = 0,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, round_to: int = 1):
         self.model, self.adapter, self.method, self.schedule, self.settings = model, adapter, method, schedule, penalty
+        self.round_to = round_to
         self.reduce = reduce
         self.step = 0
         widths = adapter.mlp_widths(model)
@@ -68,12 +69,14 @@ class FinePruner:
         return self.schedule.keep_fraction(self.step)
 
     def kept(self) -> list[torch.Tensor]:
-        """Indices each layer keeps at the current step."""
+        """Indices each layer keeps at the current step (widths rounded to multiples of `round_to`)."""
         scores = self.scores.layers()
         if self.method.selection == "threshold":
-            return threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold))
-        select = global_top_v if self.method.selection == "global" else local_top_v
-        return select(scores, self.keep_fraction)
+            kept = threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold))
+        else:
+            select = global_top_v if self.method.selection == "global" else local_top_v
+            kept = select(scores, self.keep_fraction)
+        return round_widths(kept, scores, self.round_to)
 
     def before_forward(self, attention_mask: torch.Tensor | None = None) -> None:
         """Set the masks for the next forward pass (call before every forward, micro-batches included)."""

@@ -96,7 +96,7 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     set_seed(config.seed)
     model.to(accelerator.device).train()
     pruner = FinePruner(model, adapter, method, schedule, penalty, config.seed,
-                        reduce=lambda t: accelerator.reduce(t, "mean"))
+                        reduce=lambda t: accelerator.reduce(t, "mean"), round_to=config.round_to)
     wrapper = PrunableModel(model, pruner.scores)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, pruner, settings.lr, settings.score_lr, settings.weight_decay), eps=settings.adam_eps
