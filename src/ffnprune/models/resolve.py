@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,25 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
+@contextmanager
+def _quiet_gguf_progress():
+    """transformers' GGUF reader draws its own progress bar, which its verbosity switches do not reach."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    drawn = getattr(gguf_utils, "tqdm", None)
+    if drawn is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(drawn, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = drawn
+
+
 def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
     kwargs = {"gguf_file": path.name}
     try:
@@ -54,8 +75,9 @@ def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
         raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
     adapter_for(config)
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        with _quiet_gguf_progress():
+            model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
     except Exception as error:
         raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
     # The weights are dequantized on load: the model is an ordinary float model from here on.
