@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/ffnprune demo $(ARGS)
 
 test: setup
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests scripts
 	$(PY) -m pytest $(ARGS)
 
 clean:
