@@ -91,3 +91,12 @@ def test_training_bench_times_each_variant_against_plain_fine_tuning(capsys, tin
 def test_training_bench_bad_variants(capsys, tiny_model_dir, variants, message):
     assert main(["bench-training", str(tiny_model_dir("llama")), "--variants", variants]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("command", [["evaluate", "--max-tokens", "64"], ["analyze", "--out", "analysis"]])
+def test_measuring_commands_refuse_a_missing_gpu(capsys, pair, tmp_path, command):
+    """--device auto falls back to the CPU; an explicit cuda on a machine without one is a clear error."""
+    argv = [command[0], str(pair[0]), *[str(tmp_path / a) if a == "analysis" else a for a in command[1:]]]
+    assert main([*argv, "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

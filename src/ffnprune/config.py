@@ -108,6 +108,7 @@ class EvaluateConfig:
     context: int = option(1024, "WikiText: tokens per block and window; generation tasks: teacher-forcing length")
     stride: int = option(512, "WikiText: sliding-window stride")
     max_tokens: int = option(None, "WikiText: evaluate the first N tokens only")
+    device: str = option("auto", "auto (the GPU when there is one), cpu or cuda", choices=("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -121,6 +122,7 @@ class AnalyzeConfig:
     context: int = option(512, "tokens per sequence")
     batch_size: int = option(4, "sequences per forward and backward pass")
     threshold: float = option(0.8, "cosine at which a neuron counts as redundant")
+    device: str = option("auto", "auto (the GPU when there is one), cpu or cuda", choices=("auto", "cpu", "cuda"))
     overwrite: bool = option(False, "replace --out if it exists")
 
 

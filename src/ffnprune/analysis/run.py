@@ -29,7 +29,7 @@ def analyze(config: AnalyzeConfig, say=print) -> Path:
     if not config.model or not config.out:
         raise FfnpruneError("analyze needs MODEL and --out (or --compare DIR... --out)")
     check_output_dir(config.out, config.overwrite)
-    loaded = load_model(config.model)
+    loaded = load_model(config.model, device=config.device)
     examples = task_examples(config.task, loaded.tokenizer, config.data, config.split, config.context,
                              config.max_tokens)
     examples = examples.head(max(1, config.max_tokens // config.context))

@@ -15,7 +15,7 @@ from ffnprune.benchmark.speed import compare_speed
 from ffnprune.config import BenchConfig, SpeedConfig
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
-from ffnprune.models import LoadedModel, load_model
+from ffnprune.models import LoadedModel, load_model, pick_device
 
 
 def int_list(text: str, what: str) -> list[int]:
@@ -112,14 +112,11 @@ def speed_table(result: dict) -> str:
 def run_bench(config: BenchConfig, say=print) -> dict:
     if not config.dense or not config.pruned:
         raise FfnpruneError("bench needs two models: DENSE (the reference) and PRUNED (a pruned directory)")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise FfnpruneError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
-    device = torch.device(config.device)
+    device = pick_device(config.device)
     models = {}
     for role, spec in (("dense", config.dense), ("pruned", config.pruned)):
         say(f"loading {role} model {spec} ...")
-        loaded = load_model(spec, config.dtype)
-        loaded.model.to(device)
+        loaded = load_model(spec, config.dtype, config.device)
         models[f"{role}: {Path(spec).name or spec}"] = loaded
     result = {"models": {"dense": config.dense, "pruned": config.pruned}, "dtype": config.dtype,
               "machine": machine(device), **measure_speed(models, config.speed, config.seed)}

@@ -23,7 +23,7 @@ from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
 from ffnprune.metrics.perplexity import causal_lm_loss
-from ffnprune.models import LoadedModel, load_model
+from ffnprune.models import LoadedModel, load_model, pick_device
 from ffnprune.schedules import CubicSchedule
 from ffnprune.tasks import task_examples
 from ffnprune.training.hooks import FinePruner, PenaltySettings
@@ -114,10 +114,8 @@ def run_training_bench(config: TrainingBenchConfig, say=print) -> dict:
         raise FfnpruneError("no MODEL given: name a hub id, a model directory, a .gguf file or 'smollm2-135m'")
     if config.steps < 1 or config.warmup < 0 or config.rounds < 1:
         raise FfnpruneError("--steps and --rounds must be >= 1 and --warmup >= 0")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise FfnpruneError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+    device = pick_device(config.device)
     variants = parse_variants(config.variants, config.mu)
-    device = torch.device(config.device)
     say(f"loading {config.model} ...")
     base = load_model(config.model)
     examples = task_examples("wikitext", base.tokenizer, config.data, "validation", config.context)

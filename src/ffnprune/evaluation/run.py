@@ -106,7 +106,7 @@ def check_data(config: EvaluateConfig) -> None:
 def evaluate(config: EvaluateConfig, say=print) -> dict:
     """The `ffnprune evaluate` command: load, evaluate, write the result file atomically."""
     check_data(config)
-    loaded = load_model(config.model)
+    loaded = load_model(config.model, device=config.device)
     result = {"model": config.model, "model_location": loaded.location, **evaluate_model(loaded.model,
                                                                                          loaded.tokenizer, config)}
     if config.out:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import transformers
 from torch import nn
 
@@ -121,9 +122,19 @@ def _load_hub(model_id: str, dtype) -> tuple[nn.Module, object]:
     return model, transformers.AutoTokenizer.from_pretrained(model_id)
 
 
-def load_model(spec: str, dtype="float32") -> LoadedModel:
-    """Load MODEL in evaluation mode; unsupported architectures are refused before any weights are read."""
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` takes the GPU when PyTorch sees one; `cuda` on a machine without one is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FfnpruneError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_model(spec: str, dtype="float32", device: str = "cpu") -> LoadedModel:
+    """Load MODEL in evaluation mode on DEVICE; unsupported architectures are refused before any weights are read."""
     spec = str(spec)
+    device = pick_device(device)
     if spec.lower() == SMOLLM2_ALIAS:
         location = smollm2_gguf_path()
         model, tokenizer = _load_gguf(location, dtype)
@@ -141,5 +152,5 @@ def load_model(spec: str, dtype="float32") -> LoadedModel:
         else:
             location = spec
             model, tokenizer = _load_hub(spec, dtype)
-    model.eval()
+    model.to(device).eval()
     return LoadedModel(model, tokenizer, adapter_for(model.config), spec, str(location))

@@ -26,7 +26,7 @@ from ffnprune.training.loop import CHECKPOINT, LOG
 
 def _measure(study: Study, model: str, task: str, analysis_dir: Path, data: str | None, say) -> dict:
     """The cell's test metric and, if the study asks, the model's redundancy summary."""
-    loaded = load_model(model)
+    loaded = load_model(model, device=study.evaluate_config(model, task, data).device)
     evaluation = evaluate_model(loaded.model, loaded.tokenizer, study.evaluate_config(model, task, data),
                                 progress=False)
     record = {"evaluation": evaluation, "metric": evaluation["metrics"][PRIMARY_METRIC[task]]}
