@@ -18,9 +18,9 @@ class CosineStatistics:
     is the running n. With beta None (the redundancy analysis, section 7) G, the column sums of H and the token
     count are plain sums over everything seen.
 
-    `max_tokens` bounds the cost of H^T H (tokens x N^2 per layer and forward): only that many of a pass's tokens,
-    evenly strided, are counted; `active` False skips passes altogether. Both depend on nothing but the step, so a
-    resumed run counts what the uninterrupted one did."""
+    `max_tokens` bounds the cost of H^T H (tokens x N^2 per layer and forward): only that many of a pass's token
+    positions, evenly strided, are counted (pads among them excluded); `active` False skips passes altogether.
+    Both depend on nothing but the step, so a resumed run counts what the uninterrupted one did."""
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None, max_tokens: int | None = None):
         self.beta = beta
@@ -43,13 +43,20 @@ class CosineStatistics:
                 return None
             with torch.no_grad():
                 activations = args[0].flatten(0, -2)  # [tokens, N]; N may be 0
-                if self.token_mask is not None:
-                    activations = activations[self.token_mask.reshape(-1).to(activations.device).bool()]
+                # Pad tokens are zeroed rather than dropped: boolean indexing would stop the GPU to count them.
+                weights = None if self.token_mask is None else self.token_mask.reshape(-1).to(activations.device)
                 if self.max_tokens and activations.shape[0] > self.max_tokens:
-                    stride = torch.linspace(0, activations.shape[0] - 1, self.max_tokens, device=activations.device)
-                    activations = activations[stride.round().long()]
+                    rows = torch.linspace(0, activations.shape[0] - 1, self.max_tokens, device=activations.device)
+                    rows = rows.round().long()
+                    activations = activations[rows]
+                    weights = None if weights is None else weights[rows]
                 activations = activations.float()
-                moments = (activations.T @ activations, activations.sum(dim=0), activations.shape[0])
+                if weights is None:
+                    count = activations.shape[0]
+                else:
+                    activations = activations * weights.float()[:, None]
+                    count = weights.sum()
+                moments = (activations.T @ activations, activations.sum(dim=0), count)
                 pending = self._pending[index]
                 self._pending[index] = moments if pending is None else tuple(a + b for a, b in zip(pending, moments))
             return None
@@ -68,7 +75,7 @@ class CosineStatistics:
             if self.beta is None:
                 self.gram[index] = second if gram is None else gram + second
                 self.sums[index] = first if self.sums[index] is None else self.sums[index] + first
-                self.counts[index] += count
+                self.counts[index] += int(count)
             else:
                 self.gram[index] = self.beta * second if gram is None else (1 - self.beta) * gram + self.beta * second
             self._pending[index] = None
