@@ -271,3 +271,36 @@ def test_round_widths_trims_the_lowest_kept_and_restores_the_highest_pruned():
     assert len(round_widths([torch.arange(3)], [scores], 8)[0]) == 0
     with pytest.raises(FfnpruneError, match="--round-to"):
         round_widths([odd], [scores], 0)
+
+
+def _bytes_saved_for_backward(model, ids) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward during one forward pass."""
+    seen = {}
+
+    def pack(tensor):
+        seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(ids).logits.sum()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_learned_masks_keep_no_extra_activations_for_backward(model_type):
+    """Masking the weights, a learned method's forward keeps at most one masked copy of each MLP weight more than
+    plain fine-tuning; masking activations would keep copies of every token's activations (here far larger)."""
+    model = tiny_model(model_type).train()
+    adapter = adapter_for(model.config)
+    ids = torch.randint(0, VOCAB, (8, 64), generator=torch.Generator().manual_seed(0))
+    plain = _bytes_saved_for_backward(model, ids)
+    pruner = FinePruner(model, adapter, get_method("movement"), CubicSchedule(10, 0.5))
+    pruner.before_forward()
+    masked = _bytes_saved_for_backward(model, ids)
+    pruner.detach()
+    mlp_weights = sum(p.numel() * p.element_size() for layer in adapter.decoder_layers(model)
+                      for projection in [*adapter.input_projections(layer), adapter.output_projection(layer)]
+                      for p in projection.parameters())
+    activations = sum(8 * 64 * width * 4 for width in adapter.mlp_widths(model))
+    assert activations > 2 * mlp_weights  # the test can tell the two apart
+    assert masked - plain <= mlp_weights + 16 * sum(adapter.mlp_widths(model))  # + the mask vectors

@@ -32,8 +32,15 @@ def return_freed_memory_promptly() -> bool:
     m_mmap_threshold = -3
     if not libc.mallopt(m_mmap_threshold, 128 * 1024):
         return False
-    libc.malloc_trim(0)
+    _trim()
     return True
+
+
+def _trim() -> None:
+    """Give the OS the free pages glibc still holds, so the resident set counts live memory only."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _status_bytes(field: str) -> int | None:
@@ -64,6 +71,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            _trim()
             try:
                 CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident set
             except OSError:
