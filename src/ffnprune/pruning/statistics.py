@@ -18,6 +18,10 @@ class CosineStatistics:
     is the running n. With beta None (the redundancy analysis, section 7) G, the column sums of H and the token
     count are plain sums over everything seen.
 
+    Each pass is folded into G as it is captured, so no second N x N buffer per layer is held: under GUM the first
+    pass of a step decays G by (1 - beta) and every pass of the step adds beta H^T H. Across processes `update`
+    then averages G, which equals averaging the step's H^T H because every process enters the step with the same G.
+
     `max_tokens` bounds the cost of H^T H (tokens x N^2 per layer and forward): only that many of a pass's token
     positions, evenly strided, are counted (pads among them excluded); `active` False skips passes altogether.
     Both depend on nothing but the step, so a resumed run counts what the uninterrupted one did."""
@@ -30,7 +34,7 @@ class CosineStatistics:
         self.gram: list[torch.Tensor | None] = [None] * layers
         self.sums: list[torch.Tensor | None] = [None] * layers
         self.counts = [0] * layers
-        self._pending: list[tuple | None] = [None] * layers
+        self._decayed = [False] * layers  # G already scaled by (1 - beta) in this step
         self.token_mask: torch.Tensor | None = None
         self._handles = [
             adapter.output_projection(layer).register_forward_pre_hook(self._capture(index))
@@ -56,29 +60,33 @@ class CosineStatistics:
                 else:
                     activations = activations * weights.float()[:, None]
                     count = weights.sum()
-                moments = (activations.T @ activations, activations.sum(dim=0), count)
-                pending = self._pending[index]
-                self._pending[index] = moments if pending is None else tuple(a + b for a, b in zip(pending, moments))
+                self._fold(index, activations.T @ activations, activations, count)
             return None
 
         return hook
 
+    def _fold(self, index: int, second: torch.Tensor, activations: torch.Tensor, count) -> None:
+        gram = self.gram[index]
+        if self.beta is None:
+            self.gram[index] = second.float() if gram is None else gram.add_(second)
+            first = activations.sum(dim=0)
+            self.sums[index] = first if self.sums[index] is None else self.sums[index].add_(first)
+            self.counts[index] += int(count)
+            return
+        if gram is None:
+            self.gram[index] = gram = torch.zeros(second.shape, dtype=torch.float32, device=second.device)
+        elif not self._decayed[index]:
+            gram.mul_(1 - self.beta)
+        self._decayed[index] = True
+        gram.add_(second, alpha=self.beta)
+
     def update(self, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
-        """Fold the activations seen since the last update into the running statistics (after each backward).
-        `reduce` averages across processes, so every process holds the same statistics."""
-        for index, pending in enumerate(self._pending):
-            if pending is None:
-                continue
-            second, first, count = pending
-            second = reduce(second)
-            gram = self.gram[index]
-            if self.beta is None:
-                self.gram[index] = second if gram is None else gram + second
-                self.sums[index] = first if self.sums[index] is None else self.sums[index] + first
-                self.counts[index] += int(count)
-            else:
-                self.gram[index] = self.beta * second if gram is None else (1 - self.beta) * gram + self.beta * second
-            self._pending[index] = None
+        """End the step (after each backward): GUM's G is averaged across processes by `reduce`, so every process
+        holds the same statistics; the next pass starts a new step."""
+        for index, decayed in enumerate(self._decayed):
+            if decayed:
+                self.gram[index] = reduce(self.gram[index])
+                self._decayed[index] = False
 
     def cosine(self, index: int) -> torch.Tensor:
         gram = self.gram[index]
