@@ -2,7 +2,7 @@
 
 Every variant trains a fresh copy of the model on the same batches with the four FinePruner hook calls of the
 training loop (none for plain fine-tuning). Rounds rotate the order of the variants; step times are medians over
-all timed steps of all rounds, memory the highest peak (see PeakMemory) over the rounds.
+all timed steps of all rounds. Memory (see PeakMemory) is measured afterwards, one short run per variant.
 """
 
 from __future__ import annotations

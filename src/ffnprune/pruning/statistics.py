@@ -35,6 +35,7 @@ class CosineStatistics:
         self.sums: list[torch.Tensor | None] = [None] * layers
         self.counts = [0] * layers
         self._decayed = [False] * layers  # G already scaled by (1 - beta) in this step
+        self._strided: dict[tuple[int, torch.device], torch.Tensor] = {}  # positions kept, per pass length
         self.token_mask: torch.Tensor | None = None
         self._handles = [
             adapter.output_projection(layer).register_forward_pre_hook(self._capture(index))
@@ -50,8 +51,7 @@ class CosineStatistics:
                 # Pad tokens are zeroed rather than dropped: boolean indexing would stop the GPU to count them.
                 weights = None if self.token_mask is None else self.token_mask.reshape(-1).to(activations.device)
                 if self.max_tokens and activations.shape[0] > self.max_tokens:
-                    rows = torch.linspace(0, activations.shape[0] - 1, self.max_tokens, device=activations.device)
-                    rows = rows.round().long()
+                    rows = self._strided_rows(activations.shape[0], activations.device)
                     activations = activations[rows]
                     weights = None if weights is None else weights[rows]
                 activations = activations.float()
@@ -64,6 +64,13 @@ class CosineStatistics:
             return None
 
         return hook
+
+    def _strided_rows(self, length: int, device: torch.device) -> torch.Tensor:
+        key = (length, device)
+        if key not in self._strided:
+            rows = torch.linspace(0, length - 1, self.max_tokens, device=device)
+            self._strided[key] = rows.round().long()
+        return self._strided[key]
 
     def _fold(self, index: int, second: torch.Tensor, activations: torch.Tensor, count) -> None:
         gram = self.gram[index]

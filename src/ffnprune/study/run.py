@@ -26,9 +26,9 @@ from ffnprune.training.loop import CHECKPOINT, LOG
 
 def _measure(study: Study, model: str, task: str, analysis_dir: Path, data: str | None, say) -> dict:
     """The cell's test metric and, if the study asks, the model's redundancy summary."""
-    loaded = load_model(model, device=study.evaluate_config(model, task, data).device)
-    evaluation = evaluate_model(loaded.model, loaded.tokenizer, study.evaluate_config(model, task, data),
-                                progress=False)
+    settings = study.evaluate_config(model, task, data)
+    loaded = load_model(model, device=settings.device)
+    evaluation = evaluate_model(loaded.model, loaded.tokenizer, settings, progress=False)
     record = {"evaluation": evaluation, "metric": evaluation["metrics"][PRIMARY_METRIC[task]]}
     if study.analyze:
         analyze(study.analyze_config(model, task, analysis_dir, data), say=say)

@@ -55,7 +55,7 @@ class FinePruner:
         initial = None if method.learned else method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
         self.scores = NeuronScores(widths, method.learned, initial).to(device)
         self.masks = NeuronMasks(model, adapter, [torch.ones(w, device=device) for w in widths]).attach()
-        # Registered after the masks, so it sees the masked activations (pruned neurons are 0).
+        # It reads the output projection's input, where masked neurons are already 0 (their input rows are).
         self.statistics = (CosineStatistics(model, adapter, penalty.beta, penalty.gum_tokens)
                            if method.uses_mu else None)
         self.uniqueness: list[torch.Tensor | None] = [None] * len(widths)
