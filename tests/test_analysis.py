@@ -37,9 +37,9 @@ def test_a_duplicated_neuron_is_found_redundant():
 
 
 def test_orthogonal_activations_are_unique_and_independent_ones_not_in_each_others_span():
-    from ffnprune.pruning.statistics import CosineStatistics
+    from ffnprune.pruning.statistics import ActivationStatistics
 
-    statistics = CosineStatistics.__new__(CosineStatistics)
+    statistics = ActivationStatistics.__new__(ActivationStatistics)
     one_hot = torch.eye(6).repeat(10, 1) * torch.arange(1, 61).float()[:, None]  # each token fires one neuron
     statistics.gram = [one_hot.T @ one_hot]
     assert statistics.cosine(0).abs().max() == 0

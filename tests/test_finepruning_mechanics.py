@@ -13,7 +13,7 @@ from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.pruning.penalty import penalty_weights, score_penalty
 from ffnprune.pruning.selection import global_top_v, kept_count, round_widths
-from ffnprune.pruning.statistics import CosineStatistics
+from ffnprune.pruning.statistics import ActivationStatistics
 from ffnprune.schedules import CubicSchedule
 from ffnprune.training.distill import distillation_loss
 from ffnprune.training.hooks import FinePruner, PenaltySettings
@@ -94,7 +94,7 @@ def _columns_of_grad(adapter, projection):
 
 def test_gum_multiplier_matches_a_hand_computation():
     gram = torch.tensor([[4.0, 2.0, 0.0], [2.0, 1.0, -0.5], [0.0, -0.5, 9.0]])
-    statistics = CosineStatistics.__new__(CosineStatistics)
+    statistics = ActivationStatistics.__new__(ActivationStatistics)
     statistics.gram = [gram]
     v, mu = 0.5, 1.5
     u = statistics.uniqueness_penalty(keep_fraction=v)[0]

@@ -67,12 +67,38 @@ class DistillConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    calibration_data: str = option(None, "text or JSONL file (one string or {'text': ...} per line) to calibrate on "
+                                         "(default: the task's --train-split)")
+    calibration_tokens: int = option(32768, "calibration tokens (calibrated criteria, reconstruction, --init-scores)")
+    calibration_context: int = option(512, "tokens per calibration sequence")
+    calibration_batch_size: int = option(8, "calibration sequences per forward pass")
+    calibration_device: str = option("auto", "where the layers visit, one at a time, during calibration: auto (the "
+                                             "GPU when there is one), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    calibration_inputs: str = option("pruned", "each layer is calibrated on the outputs of the already-pruned layers "
+                                               "before it (pruned), or of the dense model (dense: one forward per "
+                                               "layer instead of two)", choices=("pruned", "dense"))
+    reconstruct: str = option(None, "after one-shot selection: none, bias (FLAP) or lstsq (ridge refit of the kept "
+                                    "output columns and a bias); default lstsq for calibrated criteria, else none",
+                              choices=("none", "bias", "lstsq"))
+    damp: float = option(0.01, "damping of obs and lstsq, a share of the activation Gram's mean diagonal")
+    selection: str = option("uniform", "one-shot widths: uniform (every layer keeps --keep) or global (scores "
+                                       "standardised per layer, one cross-layer threshold, as FLAP)",
+                            choices=("uniform", "global"))
+    layer_keep: str = option(None, "one-shot keep fractions of chosen layers, overriding --keep: '0:1,-1:1' keeps the "
+                                   "first and last layers dense")
+    init_scores: str = option("zeros", "learned methods start from zeros or from a calibrated criterion's "
+                                       "standardised scores on the dense model (activation, wanda-sp, flap, obs)")
+
+
+@dataclass
 class PruneConfig:
     model: str = option(None, "hub id, local model directory, .gguf file, or 'smollm2-135m'", positional=True)
     out: str = option(None, "directory to write the pruned model to")
     method: str = option("magnitude", "pruning method (ffnprune prune --help lists them)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
-    steps: int = option(0, "fine-pruning optimizer steps; 0 prunes in one shot")
+    steps: int = option(0, "optimizer steps: fine-pruning for random, magnitude and the learned methods; recovery "
+                           "(fine-tuning the one-shot pruned model) for calibrated criteria; 0: one-shot only")
     round_to: int = option(1, "round each layer's kept width to a multiple of N (8, 64, 128: faster kernels)")
     seed: int = option(0, "random seed")
     task: str = option("wikitext", "task to fine-prune on")
@@ -88,6 +114,7 @@ class PruneConfig:
     penalty: PenaltyConfig = group(PenaltyConfig)
     training: TrainingConfig = group(TrainingConfig)
     distill: DistillConfig = group(DistillConfig)
+    calibration: CalibrationConfig = group(CalibrationConfig)
 
 
 @dataclass

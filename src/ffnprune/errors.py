@@ -3,3 +3,7 @@
 
 class FfnpruneError(Exception):
     """A problem with the user's input or environment, stated with what to do about it."""
+
+
+class FfnpruneWarning(UserWarning):
+    """An option that has no effect, or a choice a user should know about."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -11,24 +12,29 @@ import yaml
 from accelerate import PartialState
 
 from ffnprune.config import EvaluateConfig, PruneConfig, to_flat_dict
-from ffnprune.criteria import Method, get_method
-from ffnprune.errors import FfnpruneError
+from ffnprune.calibration import CalibrationData, calibration_data, check_calibration_file
+from ffnprune.criteria import CALIBRATED, Method, get_method
+from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
 from ffnprune.io.atomic import check_output_dir
-from ffnprune.io.pruned_dir import save_pruned
-from ffnprune.models import LoadedModel, load_model
-from ffnprune.pruning.oneshot import compact_with_metadata, prune_loaded
+from ffnprune.io.pruned_dir import read_metadata, save_pruned
+from ffnprune.models import LoadedModel, load_model, pick_device
+from ffnprune.pruning.oneshot import (
+    calibration_metadata,
+    compact_with_metadata,
+    dense_scores,
+    needs_calibration,
+    parse_layer_keep,
+    prune_one_shot,
+    reconstruction_mode,
+)
 from ffnprune.pruning.selection import check_keep, check_round_to
 from ffnprune.schedules import CubicSchedule
-from ffnprune.tasks import task_examples
+from ffnprune.tasks import task_data_path, task_examples
 from ffnprune.training.hooks import PenaltySettings
 from ffnprune.training.loop import CHECKPOINT, LOG, train
 
 RUN_CONFIG = "run.yaml"
-
-
-class FfnpruneWarning(UserWarning):
-    """An option that has no effect, or a choice a user should know about."""
 
 
 def work_dir(out: str | Path) -> Path:
@@ -57,11 +63,49 @@ def check_config(config: PruneConfig) -> Method:
     if mu is not None and not method.uses_mu:
         warnings.warn(f"--mu {mu} is ignored by method {method.name}: only gum and anti-gum use it",
                       FfnpruneWarning, stacklevel=2)
+    check_calibration_options(config, method)
     return method
 
 
+def one_shot(method: Method, steps: int) -> bool:
+    """Calibrated criteria always select in one shot (then recover for `steps`); the others do at --steps 0."""
+    return method.calibrated or steps == 0
+
+
+def check_calibration_options(config: PruneConfig, method: Method) -> None:
+    """Every calibration option is checked, and the calibration data found, before any model is loaded."""
+    settings = config.calibration
+    for name, value in (("calibration-tokens", settings.calibration_tokens),
+                        ("calibration-context", settings.calibration_context),
+                        ("calibration-batch-size", settings.calibration_batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FfnpruneError(f"--{name} {value!r} must be a whole number >= 1")
+    if not isinstance(settings.damp, (int, float)) or not 0 < settings.damp < float("inf"):
+        raise FfnpruneError(f"--damp {settings.damp!r} must be a positive number (0.01 is the usual damping)")
+    if settings.init_scores != "zeros" and settings.init_scores not in CALIBRATED:
+        raise FfnpruneError(f"--init-scores {settings.init_scores!r}: use zeros or one of {', '.join(CALIBRATED)}")
+    if settings.init_scores != "zeros" and not method.learned:
+        raise FfnpruneError(f"--init-scores starts learned scores (movement, global-movement, gum, ...); method "
+                            f"{method.name} learns none")
+    parse_layer_keep(settings.layer_keep)
+    if not one_shot(method, config.steps):
+        for name, value, default in (("reconstruct", settings.reconstruct, None), ("selection", settings.selection,
+                                     "uniform"), ("layer-keep", settings.layer_keep, None)):
+            if value != default:
+                raise FfnpruneError(f"--{name} applies to one-shot pruning; method {method.name} with --steps "
+                                    f"{config.steps} prunes gradually. Use --steps 0, or a calibrated criterion "
+                                    f"({', '.join(CALIBRATED)}), which prunes in one shot and then recovers")
+    calibrating = (one_shot(method, config.steps) and needs_calibration(method, settings)) or \
+        settings.init_scores != "zeros"
+    if calibrating:
+        if settings.calibration_data is not None:
+            check_calibration_file(settings.calibration_data)
+        else:
+            task_data_path(config.task, config.data, config.train_split)
+
+
 def prune(config: PruneConfig, resume: str | Path | None = None, say=print) -> Path:
-    """Prune as configured; with `resume`, continue the fine-pruning run whose work directory it names."""
+    """Prune as configured; with `resume`, continue the fine-pruning or recovery run whose work directory it names."""
     method = check_config(config)
     if config.steps == 0:
         if resume is not None:
@@ -69,10 +113,45 @@ def prune(config: PruneConfig, resume: str | Path | None = None, say=print) -> P
                                 "resume")
         check_output_dir(config.out, config.overwrite)
         loaded = load_model(config.model)
-        metadata = prune_loaded(loaded, config)
+        metadata = prune_once(loaded, config, method, say)
         metadata["evaluation"] = final_evaluation(config, loaded, say)
         return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite)
     return fine_prune(config, method, Path(resume) if resume else None, say)
+
+
+def load_calibration(config: PruneConfig, tokenizer) -> CalibrationData:
+    settings = config.calibration
+    return calibration_data(tokenizer, tokens=settings.calibration_tokens, context=settings.calibration_context,
+                            seed=config.seed, file=settings.calibration_data, task=config.task, data=config.data,
+                            split=config.train_split, strict=config.strict)
+
+
+def _layer_progress(say, what: str):
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 6) == 0:
+            say(f"{what}: layer {done} of {total}")
+    return progress
+
+
+def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=print) -> dict:
+    """One-shot: calibrate if the criterion or reconstruction needs it, select, reconstruct, compact in place;
+    returns the metadata."""
+    settings = config.calibration
+    calibration = None
+    if needs_calibration(method, settings):
+        calibration = load_calibration(config, loaded.tokenizer)
+        say(f"calibrating on {calibration.tokens:,} tokens ({len(calibration.examples)} sequences of "
+            f"{settings.calibration_context}); {method.name} selection, {reconstruction_mode(method, settings)} "
+            "reconstruction, layer by layer")
+    device = pick_device(settings.calibration_device)
+    widths_before, parameters_before = loaded.adapter.mlp_widths(loaded.model), loaded.model.num_parameters()
+    started = time.perf_counter()
+    result = prune_one_shot(loaded.model, loaded.adapter, method, config.keep, settings, calibration, device,
+                            config.seed, config.round_to, _layer_progress(say, "one-shot pruning"))
+    seconds = time.perf_counter() - started
+    return compact_with_metadata(loaded, config, result.kept, compact=False, widths_before=widths_before,
+                                 parameters_before=parameters_before,
+                                 one_shot=calibration_metadata(method, settings, calibration, result, seconds, device))
 
 
 def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=print) -> dict | None:
@@ -86,7 +165,10 @@ def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=print) -> dic
 
 
 def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=print) -> Path:
-    schedule = CubicSchedule(config.steps, config.keep, config.schedule.warmup_share, config.schedule.cooldown_share)
+    """Gradual fine-pruning on the cubic schedule, or, for calibrated criteria, one-shot pruning then recovery."""
+    recovering = method.calibrated
+    schedule = CubicSchedule(config.steps, 1.0 if recovering else config.keep, config.schedule.warmup_share,
+                             config.schedule.cooldown_share)
     state = PartialState()
     check_output_dir(config.out, config.overwrite)
     if resume is None:
@@ -110,6 +192,11 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
     teacher = None
     if config.distill.distill:
         teacher = load_model(config.distill.teacher).model if config.distill.teacher else copy.deepcopy(loaded.model)
+    initial_scores, one_shot_metadata = None, None
+    if recovering:
+        loaded, one_shot_metadata = _one_shot_before_recovery(loaded, config, method, workdir, resume, state, say)
+    elif config.calibration.init_scores != "zeros":
+        initial_scores = _calibrated_initial_scores(loaded, config, say)
     length = config.training.context
     train_examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length,
                                    loss_on_prompt=config.loss_on_prompt, strict=config.strict)
@@ -120,14 +207,23 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
         eval_examples = eval_examples.head(max(1, config.training.eval_tokens // length))
     penalty = PenaltySettings(config.penalty.lambda_, config.penalty.mu, config.penalty.beta,
                               config.penalty.soft_threshold, config.penalty.gum_tokens, config.penalty.gum_every)
-    outcome = train(config, loaded.model, loaded.adapter, method, schedule, penalty, train_examples, eval_examples,
-                    workdir, teacher=teacher, resume=resume is not None, say=say)
+    outcome = train(config, loaded.model, loaded.adapter, None if recovering else method, schedule, penalty,
+                    train_examples,
+                    eval_examples, workdir, teacher=teacher, resume=resume is not None, say=say,
+                    initial_scores=initial_scores)
     protocol = {"task": config.task, "data": str(config.data or "default (../shared/data)"),
                 "train_split": config.train_split, "eval_split": config.eval_split, "context": length,
                 "train_examples": len(train_examples)}
-    metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
-                                     hyperparameters=to_flat_dict(config),
-                                     training={"final_loss": outcome.final_loss, "log": LOG})
+    training = {"final_loss": outcome.final_loss, "log": LOG,
+                "kind": "recovery after one-shot pruning" if recovering else "fine-pruning",
+                "distilled": teacher is not None, "init_scores": config.calibration.init_scores}
+    if recovering:
+        metadata = {**one_shot_metadata, "steps": config.steps, "protocol": protocol,
+                    "hyperparameters": to_flat_dict(config), "training": training,
+                    "parameters_after": loaded.model.num_parameters()}
+    else:
+        metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
+                                         hyperparameters=to_flat_dict(config), training=training)
     metadata["evaluation"] = final_evaluation(config, loaded, say) if state.is_main_process else None
     out = Path(config.out)
     if state.is_main_process:
@@ -136,3 +232,33 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
         shutil.rmtree(workdir, ignore_errors=True)
     state.wait_for_everyone()
     return out
+
+
+ONE_SHOT_DIR = "one-shot"
+
+
+def _one_shot_before_recovery(loaded: LoadedModel, config: PruneConfig, method: Method, workdir: Path,
+                              resume: Path | None, state, say) -> tuple[LoadedModel, dict]:
+    """Recovery starts from the one-shot pruned model, saved in the work directory so that a resumed run starts
+    from exactly the same one (and does not calibrate again)."""
+    saved = workdir / ONE_SHOT_DIR
+    if resume is None:
+        if state.is_main_process:
+            metadata = prune_once(loaded, config, method, say)
+            save_pruned(loaded.model, loaded.tokenizer, saved, metadata, overwrite=True)
+        state.wait_for_everyone()
+    elif not (saved / "config.json").is_file():
+        raise FfnpruneError(f"{workdir} has no one-shot model ({saved}) to recover from; start the run again")
+    pruned = load_model(str(saved))
+    return LoadedModel(pruned.model, pruned.tokenizer, pruned.adapter, loaded.source, loaded.location), \
+        read_metadata(saved)
+
+
+def _calibrated_initial_scores(loaded: LoadedModel, config: PruneConfig, say) -> list:
+    """--init-scores: the named criterion's scores on the dense model, standardised per layer."""
+    criterion = get_method(config.calibration.init_scores)
+    calibration = load_calibration(config, loaded.tokenizer)
+    say(f"initial scores: {criterion.name} on {calibration.tokens:,} calibration tokens")
+    scores = dense_scores(loaded.model, loaded.adapter, criterion, calibration, config.calibration,
+                          pick_device(config.calibration.calibration_device), config.seed)
+    return [(s - s.mean()) / (s.std() + 1e-12) if s.numel() > 1 else s * 0 for s in scores]

@@ -19,7 +19,7 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter
 from ffnprune.errors import FfnpruneError
 from ffnprune.metrics.perplexity import causal_lm_loss
-from ffnprune.pruning.statistics import CosineStatistics
+from ffnprune.pruning.statistics import ActivationStatistics
 from ffnprune.tasks.examples import IGNORE, Examples
 
 
@@ -65,7 +65,7 @@ def measure_redundancy(model: nn.Module, adapter: MlpAdapter, examples: Examples
         raise FfnpruneError("the task gave no usable tokens (nothing carries a label); give more data or another task")
     model.eval()  # no dropout: the measures describe the model, not a noisy copy
     device = next(model.parameters()).device
-    statistics = CosineStatistics(model, adapter, beta=None)
+    statistics = ActivationStatistics(model, adapter, beta=None)
     layers = adapter.decoder_layers(model)
     sensitivity = [torch.zeros(w, device=device) for w in adapter.mlp_widths(model)]
     batches = range(0, len(examples), batch_size)

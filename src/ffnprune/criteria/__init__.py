@@ -3,7 +3,8 @@
 A method is a criterion (how neurons are scored) and a selection operator (which scores are kept), plus an optional
 penalty on the scores (METHOD sections 4 and 5). Fixed criteria are small callables `fn(model, adapter, generator)`
 returning one score tensor per layer (higher = keep); learned criteria train their scores through straight-through
-masks during fine-pruning.
+masks during fine-pruning; calibrated criteria (METHOD section 10) score one layer at a time from its activation
+statistics on calibration data, and may select greedily instead of by their scores (obs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,29 @@ ScoreFunction = Callable[[nn.Module, MlpAdapter, torch.Generator], list[torch.Te
 SCORE_FUNCTIONS: dict[str, ScoreFunction] = {}
 
 LEARNED = "learned"
+
+
+@dataclass(frozen=True)
+class CalibratedCriterion:
+    """scores(stats, W, b, damp) -> [N] for one layer (W the output projection as [hidden, N] in float64, b its bias
+    or None); select(stats, W, b, count, damp) -> kept indices, or None to keep the `count` highest scores."""
+
+    scores: Callable
+    select: Callable | None = None
+    needs_sequence_means: bool = False
+
+    def kept(self, stats, weight, bias, count: int, damp: float) -> torch.Tensor:
+        if self.select is not None:
+            return self.select(stats, weight, bias, count, damp)
+        top = torch.topk(self.scores(stats, weight, bias, damp), count, sorted=False).indices
+        return torch.sort(top).values
+
+
+CALIBRATED: dict[str, CalibratedCriterion] = {}
+
+
+def register_calibrated(name: str, criterion: CalibratedCriterion) -> None:
+    CALIBRATED[name] = criterion
 
 
 def register_scores(name: str) -> Callable[[ScoreFunction], ScoreFunction]:
@@ -46,6 +70,10 @@ class Method:
         return self.scores == LEARNED
 
     @property
+    def calibrated(self) -> bool:
+        return self.scores in CALIBRATED
+
+    @property
     def uses_mu(self) -> bool:
         return self.penalty in ("gum", "anti-gum")
 
@@ -64,6 +92,10 @@ METHODS: dict[str, Method] = {
         Method("global-movement", LEARNED, "global"),
         Method("gum", LEARNED, "global", "gum"),
         Method("anti-gum", LEARNED, "global", "anti-gum"),
+        Method("activation", "activation", "local"),
+        Method("wanda-sp", "wanda-sp", "local"),
+        Method("flap", "flap", "local"),
+        Method("obs", "obs", "local"),
     )
 }
 
@@ -76,6 +108,7 @@ def get_method(name: str) -> Method:
 
 
 # Importing the modules registers their score functions.
-from ffnprune.criteria import magnitude, random  # noqa: E402,F401
+from ffnprune.criteria import calibrated, magnitude, random  # noqa: E402,F401
 
-__all__ = ["METHODS", "SCORE_FUNCTIONS", "Method", "get_method", "register_scores"]
+__all__ = ["CALIBRATED", "METHODS", "SCORE_FUNCTIONS", "CalibratedCriterion", "Method", "get_method",
+           "register_calibrated", "register_scores"]

@@ -91,6 +91,8 @@ def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwri
     adapter = adapter_for(model.config)
     spec = model.config.ffnprune
     width = max(1, *spec["mlp_widths"])  # a width of 0 everywhere would not build in every architecture
+    if spec.get("output_bias"):
+        _stock_mlp_bias(model, adapter, directory)
     pad_mlps(model, adapter, width)
     # Now an ordinary model of its architecture: save it as one, in that architecture's checkpoint format.
     model.__class__ = base_class(model)
@@ -106,6 +108,22 @@ def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwri
         _save_plain(model, tokenizer, staging)
         write_json_atomic(staging / METADATA_FILE, metadata)
     return Path(out)
+
+
+def _stock_mlp_bias(model: nn.Module, adapter, directory) -> None:
+    """A stock config can carry the output bias that one-shot reconstruction added only through `mlp_bias`, which
+    gives every MLP projection a bias: the input projections get zero ones, which change nothing."""
+    if not hasattr(model.config, "mlp_bias"):
+        raise FfnpruneError(
+            f"{directory} carries an MLP output bias added by reconstruction, and the stock {model.config.model_type} "
+            "architecture has no MLP bias to hold it; load the pruned directory itself (trust_remote_code or "
+            "ffnprune.load_pruned), or prune with --reconstruct none"
+        )
+    model.config.mlp_bias = True
+    for layer in adapter.decoder_layers(model):
+        for projection in adapter.input_projections(layer):
+            if projection.bias is None:
+                projection.bias = nn.Parameter(projection.weight.new_zeros(projection.weight.shape[0]))
 
 
 def _load_tokenizer(directory: str | os.PathLike):

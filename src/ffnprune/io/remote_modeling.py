@@ -25,15 +25,16 @@ class PrunedConv1D(Conv1D):
         return out.view(*x.shape[:-1], self.nf)
 
 
-def new_projection(layout, in_features, out_features, like):
-    """An uninitialised projection of the given shape, on `like`'s device and dtype, with a bias if `like` has one."""
+def new_projection(layout, in_features, out_features, like, bias=False):
+    """An uninitialised projection of the given shape, on `like`'s device and dtype, with a bias if `like` has one
+    or `bias` asks for one."""
     with warnings.catch_warnings():  # a layer that keeps no neuron is intended
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         if layout == "conv1d":
             projection = PrunedConv1D(out_features, in_features)
             return projection.to(device=like.weight.device, dtype=like.weight.dtype)
         return nn.utils.skip_init(
-            nn.Linear, in_features, out_features, bias=like.bias is not None,
+            nn.Linear, in_features, out_features, bias=bias or like.bias is not None,
             device=like.weight.device, dtype=like.weight.dtype,
         )
 
@@ -44,20 +45,27 @@ def projection_features(layout, projection):
     return (rows, columns) if layout == "conv1d" else (columns, rows)
 
 
+def resize_layer(layer, spec, width):
+    """Replace one decoder layer's MLP projections by empty ones of `width` neurons. The output projection gains a
+    bias where the source architecture has none if `spec["output_bias"]` (one-shot pruning's reconstruction)."""
+    layout = spec["layout"]
+    for path in spec["inputs"]:
+        old = layer.get_submodule(path)
+        hidden, _ = projection_features(layout, old)
+        layer.set_submodule(path, new_projection(layout, hidden, width, like=old))
+    old = layer.get_submodule(spec["output"])
+    _, hidden = projection_features(layout, old)
+    layer.set_submodule(spec["output"], new_projection(layout, width, hidden, like=old,
+                                                       bias=bool(spec.get("output_bias"))))
+
+
 def resize_mlps(model, spec):
     """Replace every layer's MLP projections by empty ones of that layer's width (weights are loaded after)."""
-    layout = spec["layout"]
     layers = model.get_submodule(spec["layers"])
     if len(layers) != len(spec["mlp_widths"]):
         raise ValueError(f"config.ffnprune lists {len(spec['mlp_widths'])} MLP widths for {len(layers)} layers")
     for layer, width in zip(layers, spec["mlp_widths"]):
-        for path in spec["inputs"]:
-            old = layer.get_submodule(path)
-            hidden, _ = projection_features(layout, old)
-            layer.set_submodule(path, new_projection(layout, hidden, width, like=old))
-        old = layer.get_submodule(spec["output"])
-        _, hidden = projection_features(layout, old)
-        layer.set_submodule(spec["output"], new_projection(layout, width, hidden, like=old))
+        resize_layer(layer, spec, width)
 
 
 @functools.cache

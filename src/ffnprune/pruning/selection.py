@@ -55,6 +55,11 @@ def threshold_selection(scores: Sequence[torch.Tensor], threshold: float) -> lis
     return [(torch.sigmoid(s.detach().float()) > threshold).nonzero().flatten() for s in scores]
 
 
+def rounded_count(count: int, width: int, multiple: int) -> int:
+    """`count` rounded to the nearest multiple of `multiple`, at most `width` (a full layer stays full)."""
+    return width if count == width else min(width, multiple * round(count / multiple))
+
+
 def round_widths(kept: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], multiple: int) -> list[torch.Tensor]:
     """Each layer's kept count rounded to the nearest multiple of `multiple` (a full layer stays full), for
     hardware-friendly shapes: the lowest-scored kept neurons go first, the highest-scored pruned ones come back."""
@@ -63,7 +68,7 @@ def round_widths(kept: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], m
     rounded = []
     for indices, layer_scores in zip(kept, scores):
         width = layer_scores.numel()
-        target = width if len(indices) == width else min(width, multiple * round(len(indices) / multiple))
+        target = rounded_count(len(indices), width, multiple)
         chosen = torch.zeros(width, dtype=torch.bool, device=layer_scores.device)
         chosen[indices] = True
         by_score = torch.argsort(layer_scores.detach().float(), descending=True)

@@ -1,4 +1,6 @@
-"""Statistics of MLP activations: the cosine similarity of neurons' activation vectors (GUM and the analysis)."""
+"""Statistics of MLP activations, captured by one hook at the output projection's input: GUM's running cosine
+statistics, the redundancy analysis's plain sums, and the calibration of one-shot pruning (the Gram with an
+intercept, in float64, and the per-sequence mean |h| that the activation criterion ranks by)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter
 
 
-class CosineStatistics:
+class ActivationStatistics:
     """Second moments G of every layer's post-activation outputs H (tokens x N, pad tokens excluded), captured at
-    the output projection's input, i.e. after masking. Only forwards with gradients enabled are counted.
+    the output projection's input, i.e. after masking. With `training_only` (GUM, the analysis) only forwards with
+    gradients enabled are counted; calibration counts every forward.
 
     With a rate `beta` (GUM, METHOD section 5) G is a running average, G <- (1 - beta) G + beta H^T H, and diag(G)
     is the running n. With beta None (the redundancy analysis, section 7) G, the column sums of H and the token
@@ -24,16 +27,24 @@ class CosineStatistics:
 
     `max_tokens` bounds the cost of H^T H (tokens x N^2 per layer and forward): only that many of a pass's token
     positions, evenly strided, are counted (pads among them excluded); `active` False skips passes altogether.
-    Both depend on nothing but the step, so a resumed run counts what the uninterrupted one did."""
+    Both depend on nothing but the step, so a resumed run counts what the uninterrupted one did.
 
-    def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None, max_tokens: int | None = None):
+    Plain sums are folded into accumulators of `dtype` (calibration uses float64: each pass's H^T H is computed in
+    float32, then added). `sequence_means` also sums, over sequences, the square of each neuron's mean |h| over the
+    sequence's tokens (Minitron's activation criterion)."""
+
+    def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None, max_tokens: int | None = None,
+                 training_only: bool = True, dtype: torch.dtype = torch.float32, sequence_means: bool = False):
         self.beta = beta
         self.max_tokens = max_tokens
+        self.training_only = training_only
+        self.dtype = dtype
         self.active = True
         layers = len(adapter.decoder_layers(model))
         self.gram: list[torch.Tensor | None] = [None] * layers
         self.sums: list[torch.Tensor | None] = [None] * layers
         self.counts = [0] * layers
+        self.sequence_means: list[torch.Tensor | None] | None = [None] * layers if sequence_means else None
         self._decayed = [False] * layers  # G already scaled by (1 - beta) in this step
         self._strided: dict[tuple[int, torch.device], torch.Tensor] = {}  # positions kept, per pass length
         self.token_mask: torch.Tensor | None = None
@@ -44,9 +55,11 @@ class CosineStatistics:
 
     def _capture(self, index: int):
         def hook(module, args):
-            if not torch.is_grad_enabled() or not self.active:
+            if (self.training_only and not torch.is_grad_enabled()) or not self.active:
                 return None
             with torch.no_grad():
+                if self.sequence_means is not None:
+                    self._fold_sequence_means(index, args[0])
                 activations = args[0].flatten(0, -2)  # [tokens, N]; N may be 0
                 # Pad tokens are zeroed rather than dropped: boolean indexing would stop the GPU to count them.
                 weights = None if self.token_mask is None else self.token_mask.reshape(-1).to(activations.device)
@@ -72,11 +85,24 @@ class CosineStatistics:
             self._strided[key] = rows.round().long()
         return self._strided[key]
 
+    def _fold_sequence_means(self, index: int, activations: torch.Tensor) -> None:
+        """sum over sequences of (mean over the sequence's real tokens of |h_j|)^2."""
+        magnitudes = activations.float().abs().reshape(-1, activations.shape[-2], activations.shape[-1])
+        if self.token_mask is None:
+            means = magnitudes.mean(dim=1)
+        else:
+            mask = self.token_mask.reshape(magnitudes.shape[:2]).to(magnitudes)
+            means = (magnitudes * mask[..., None]).sum(dim=1) / mask.sum(dim=1).clamp_min(1)[:, None]
+        folded = means.square().sum(dim=0).to(self.dtype)
+        previous = self.sequence_means[index]
+        self.sequence_means[index] = folded if previous is None else previous.add_(folded)
+
     def _fold(self, index: int, second: torch.Tensor, activations: torch.Tensor, count) -> None:
         gram = self.gram[index]
         if self.beta is None:
-            self.gram[index] = second.float() if gram is None else gram.add_(second)
-            first = activations.sum(dim=0)
+            second = second.to(self.dtype)
+            self.gram[index] = second if gram is None else gram.add_(second)
+            first = activations.sum(dim=0).to(self.dtype)
             self.sums[index] = first if self.sums[index] is None else self.sums[index].add_(first)
             self.counts[index] += int(count)
             return
@@ -107,6 +133,13 @@ class CosineStatistics:
             None if gram is None else self.cosine(index).abs().sum(dim=1) / (gram.shape[0] * keep_fraction)
             for index, gram in enumerate(self.gram)
         ]
+
+    def release(self, index: int) -> None:
+        """Forget a layer's statistics (calibration holds one layer's at a time)."""
+        self.gram[index] = self.sums[index] = None
+        self.counts[index] = 0
+        if self.sequence_means is not None:
+            self.sequence_means[index] = None
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"gram.{i}": g for i, g in enumerate(self.gram) if g is not None}

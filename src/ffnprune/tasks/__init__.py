@@ -8,7 +8,8 @@ from ffnprune.tasks.e2e import E2E
 from ffnprune.tasks.examples import Examples
 from ffnprune.tasks.samsum import SAMSUM
 from ffnprune.tasks.wikisql import WIKISQL
-from ffnprune.tasks.wikitext import WIKITEXT, wikitext_examples
+from ffnprune.tasks.base import HUB
+from ffnprune.tasks.wikitext import WIKITEXT, wikitext_examples, wikitext_file
 
 TASKS = {"wikitext": WIKITEXT, "samsum": SAMSUM, "wikisql": WIKISQL, "e2e": E2E}
 
@@ -17,6 +18,16 @@ def get_task(name: str):
     if name not in TASKS:
         raise FfnpruneError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def task_data_path(name: str, data, split: str):
+    """The local file a task's split is read from, or an error naming what is missing (checked before work)."""
+    task = get_task(name)
+    if str(data) == HUB:
+        return HUB
+    if not isinstance(task, GenerationTask):
+        return wikitext_file(data, split)
+    return task.path(data, split)
 
 
 def task_examples(name: str, tokenizer, data, split: str, length: int, max_tokens: int | None = None,
@@ -28,4 +39,4 @@ def task_examples(name: str, tokenizer, data, split: str, length: int, max_token
     return Examples.from_pairs(tokenizer, task.read(data, split, strict).items, length, loss_on_prompt)
 
 
-__all__ = ["TASKS", "Examples", "get_task", "task_examples"]
+__all__ = ["TASKS", "Examples", "get_task", "task_data_path", "task_examples"]

@@ -26,7 +26,7 @@ from ffnprune.pruning.masks import NeuronMasks
 from ffnprune.pruning.penalty import penalty_weights, score_penalty
 from ffnprune.pruning.scores import NeuronScores, straight_through
 from ffnprune.pruning.selection import global_top_v, local_top_v, round_widths, threshold_selection
-from ffnprune.pruning.statistics import CosineStatistics
+from ffnprune.pruning.statistics import ActivationStatistics
 from ffnprune.schedules import CubicSchedule
 
 
@@ -41,23 +41,29 @@ class PenaltySettings:
 
 
 class FinePruner:
-    """Masks a model's MLP neurons by scores that follow a method and a schedule, step by step."""
+    """Masks a model's MLP neurons by scores that follow a method and a schedule, step by step. With `method`
+    None it prunes nothing (the recovery fine-tuning of a one-shot pruned model): no masks, no scores, no penalty.
+    `initial_scores` start a learned method's scores elsewhere than at 0 (calibrated scores, --init-scores)."""
 
-    def __init__(self, model: nn.Module, adapter: MlpAdapter, method: Method, schedule: CubicSchedule,
+    def __init__(self, model: nn.Module, adapter: MlpAdapter, method: Method | None, schedule: CubicSchedule,
                  penalty: PenaltySettings = PenaltySettings(), seed: int = 0,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, round_to: int = 1):
+                 reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, round_to: int = 1,
+                 initial_scores: list[torch.Tensor] | None = None):
         self.model, self.adapter, self.method, self.schedule, self.settings = model, adapter, method, schedule, penalty
         self.round_to = round_to
         self.reduce = reduce
         self.step = 0
-        widths = adapter.mlp_widths(model)
+        self.widths = widths = adapter.mlp_widths(model)
         device = next(model.parameters()).device
-        initial = None if method.learned else method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
-        self.scores = NeuronScores(widths, method.learned, initial).to(device)
-        self.masks = NeuronMasks(model, adapter, [torch.ones(w, device=device) for w in widths]).attach()
+        learned = method is not None and method.learned
+        if method is not None and not learned:
+            initial_scores = method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
+        self.scores = NeuronScores(widths, learned, initial_scores).to(device)
+        self.masks = None if method is None else NeuronMasks(
+            model, adapter, [torch.ones(w, device=device) for w in widths]).attach()
         # It reads the output projection's input, where masked neurons are already 0 (their input rows are).
-        self.statistics = (CosineStatistics(model, adapter, penalty.beta, penalty.gum_tokens)
-                           if method.uses_mu else None)
+        self.statistics = (ActivationStatistics(model, adapter, penalty.beta, penalty.gum_tokens)
+                           if method is not None and method.uses_mu else None)
         self.uniqueness: list[torch.Tensor | None] = [None] * len(widths)
 
     def trainable_scores(self) -> list[nn.Parameter]:
@@ -71,6 +77,8 @@ class FinePruner:
     def kept(self) -> list[torch.Tensor]:
         """Indices each layer keeps at the current step (widths rounded to multiples of `round_to`)."""
         scores = self.scores.layers()
+        if self.method is None:
+            return [torch.arange(width) for width in self.widths]
         if self.method.selection == "threshold":
             kept = threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold))
         else:
@@ -80,6 +88,8 @@ class FinePruner:
 
     def before_forward(self, attention_mask: torch.Tensor | None = None) -> None:
         """Set the masks for the next forward pass (call before every forward, micro-batches included)."""
+        if self.method is None:
+            return
         if not self.method.learned and not self.method.frozen:
             self.scores.set_fixed(self.method.fixed_scores(self.model, self.adapter, None))
         scores = self.scores.layers()
@@ -90,9 +100,9 @@ class FinePruner:
 
     def penalty(self) -> torch.Tensor:
         """lambda_t * R, to add to the loss (0 for methods without a penalty)."""
+        if self.method is None or self.method.penalty == "none":
+            return torch.zeros((), device=next(self.model.parameters()).device)
         scores = self.scores.layers()
-        if self.method.penalty == "none":
-            return torch.zeros((), device=scores[0].device)
         weights = [penalty_weights(self.method.penalty, self.settings.mu, u, s.numel(), s.device)
                    for u, s in zip(self.uniqueness, scores)]
         return self.penalty_weight * score_penalty(scores, weights)
@@ -107,6 +117,12 @@ class FinePruner:
         if self.statistics is not None and self.statistics.active:
             self.statistics.update(self.reduce)
             self.uniqueness = self.statistics.uniqueness_penalty(self.keep_fraction)
+
+    def active_neurons(self) -> int:
+        """Neurons the masks of the last forward kept (all of them when nothing is pruned)."""
+        if self.masks is None:
+            return sum(self.widths)
+        return sum(int(mask.detach().sum()) for mask in self.masks.masks)
 
     def after_optimizer_step(self) -> None:
         self.step += 1
@@ -130,6 +146,7 @@ class FinePruner:
 
     def detach(self) -> None:
         """Remove every hook, leaving the model as it was (call before compacting)."""
-        self.masks.detach()
+        if self.masks is not None:
+            self.masks.detach()
         if self.statistics is not None:
             self.statistics.detach()

@@ -87,7 +87,9 @@ class TrainingOutcome:
 
 def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty, train_examples: Examples,
           eval_examples: Examples | None, workdir: Path, teacher: nn.Module | None = None,
-          resume: bool = False, say=print) -> TrainingOutcome:
+          resume: bool = False, say=print, initial_scores: list[torch.Tensor] | None = None) -> TrainingOutcome:
+    """Fine-prune `model` by `method` on the schedule; with `method` None, fine-tune it without pruning (the
+    recovery of a one-shot pruned model)."""
     settings = config.training
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
     if settings.checkpoint_every and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -96,7 +98,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     set_seed(config.seed)
     model.to(accelerator.device).train()
     pruner = FinePruner(model, adapter, method, schedule, penalty, config.seed,
-                        reduce=lambda t: accelerator.reduce(t, "mean"), round_to=config.round_to)
+                        reduce=lambda t: accelerator.reduce(t, "mean"), round_to=config.round_to,
+                        initial_scores=initial_scores)
     wrapper = PrunableModel(model, pruner.scores)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, pruner, settings.lr, settings.score_lr, settings.weight_decay), eps=settings.adam_eps
@@ -117,7 +120,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
 
     order = BatchOrder(len(train_examples), config.seed)
     per_step = settings.batch_size * settings.grad_accum * accelerator.num_processes
-    progress = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process, desc="fine-pruning")
+    progress = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process,
+                    desc="fine-pruning" if method is not None else "recovery")
     final_loss = math.nan
     for step in range(start, config.steps):
         totals = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0} | ({"distill_loss": 0.0} if teacher else {})
@@ -148,7 +152,7 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
                                 ("penalty", penalty_term)):
                 if value is not None:
                     totals[name] += value.detach().float().item() / settings.grad_accum
-        kept_now = sum(int(mask.detach().sum()) for mask in pruner.masks.masks)  # the masks this step used
+        kept_now = pruner.active_neurons()  # what the masks of this step kept
         if settings.clip:
             accelerator.clip_grad_norm_(wrapper.parameters(), settings.clip)
         optimizer.step()
