@@ -78,6 +78,10 @@ class CalibrationConfig:
     calibration_inputs: str = option("pruned", "each layer is calibrated on the outputs of the already-pruned layers "
                                                "before it (pruned), or of the dense model (dense: one forward per "
                                                "layer instead of two)", choices=("pruned", "dense"))
+    calibration_target: str = option("dense", "what lstsq and obs reproduce: each layer's own dense output on the "
+                                             "pruned model's inputs (own), or the dense model's output of that layer "
+                                             "(dense: corrects the drift of earlier layers; one more forward per "
+                                             "layer)", choices=("own", "dense"))
     reconstruct: str = option(None, "after one-shot selection: none, bias (FLAP) or lstsq (ridge refit of the kept "
                                     "output columns and a bias); default lstsq for calibrated criteria, else none",
                               choices=("none", "bias", "lstsq"))

@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 from accelerate import PartialState
 
-from ffnprune.config import EvaluateConfig, PruneConfig, to_flat_dict
+from ffnprune.benchmark.memory import PeakMemory
 from ffnprune.calibration import CalibrationData, calibration_data, check_calibration_file
+from ffnprune.config import EvaluateConfig, PruneConfig, to_flat_dict
 from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
@@ -146,12 +147,17 @@ def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=pri
     device = pick_device(settings.calibration_device)
     widths_before, parameters_before = loaded.adapter.mlp_widths(loaded.model), loaded.model.num_parameters()
     started = time.perf_counter()
-    result = prune_one_shot(loaded.model, loaded.adapter, method, config.keep, settings, calibration, device,
-                            config.seed, config.round_to, _layer_progress(say, "one-shot pruning"))
+    with PeakMemory(device) as peak:
+        result = prune_one_shot(loaded.model, loaded.adapter, method, config.keep, settings, calibration, device,
+                                config.seed, config.round_to, _layer_progress(say, "one-shot pruning"))
     seconds = time.perf_counter() - started
+    say(f"one-shot pruning took {seconds:.0f} s" + (f", peak memory {peak.bytes / 2**30:.2f} GiB" if peak.bytes
+                                                      else ""))
+    one_shot = calibration_metadata(method, settings, calibration, result, seconds, device)
+    one_shot["peak_memory"] = {"device": str(device), "bytes": peak.bytes, "added_bytes": peak.added,
+                               "what": "CUDA allocations" if device.type == "cuda" else "process resident set"}
     return compact_with_metadata(loaded, config, result.kept, compact=False, widths_before=widths_before,
-                                 parameters_before=parameters_before,
-                                 one_shot=calibration_metadata(method, settings, calibration, result, seconds, device))
+                                 parameters_before=parameters_before, one_shot=one_shot)
 
 
 def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=print) -> dict | None:

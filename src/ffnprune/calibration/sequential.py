@@ -10,6 +10,7 @@ statistics are on the device at a time, so the model itself may stay in CPU memo
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ class LayerStatistics:
     sums: torch.Tensor  # column sums of X [N]
     count: int  # tokens
     sequence_means: torch.Tensor | None  # sum over sequences of (mean |h_j| over the sequence)^2 [N]
+    # [X, 1]^T (O_dense - O): how far this layer's output on the pruned model's inputs is from the dense model's
+    # output of the same layer, seen from the activations [N + 1, hidden] (only with `dense_target`)
+    drift: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -51,6 +55,25 @@ class LayerStatistics:
         return gram
 
 
+@contextmanager
+def _captured_input(module: nn.Module):
+    """The input of `module`'s next forward, in a list filled when it runs."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]) or None)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _fold_drift(total, activations: torch.Tensor, difference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """total + [X, 1]^T (O_dense - O) over the batch's real tokens, in float64."""
+    weights = mask.reshape(-1, 1).double()
+    augmented = torch.cat([activations.flatten(0, -2).double(), torch.ones_like(weights)], dim=1) * weights
+    folded = augmented.T @ difference.flatten(0, -2).double()
+    return folded if total is None else total.add_(folded)
+
+
 class _Captured(Exception):
     """Stops the model's forward at the first decoder layer once its inputs are recorded."""
 
@@ -67,6 +90,20 @@ def _to(value, device):
     return value
 
 
+def _same(a, b) -> bool:
+    """Structural equality of nested tuples, lists and dicts of tensors and plain values."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(torch.equal(a.cpu(), b.cpu())))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if hasattr(a, "__dict__"):  # an object (a cache, say): only itself
+        return a is b
+    return type(a) is type(b) and a == b
+
+
 def _hidden(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -78,9 +115,12 @@ class SequentialCalibration:
     """Feeds calibration batches through a model's decoder layers one at a time, on `device`."""
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, batches: list[dict[str, torch.Tensor]],
-                 device: torch.device, sequence_means: bool = False):
+                 device: torch.device, sequence_means: bool = False, dense_target: bool = False):
         self.model, self.adapter, self.batches, self.device = model, adapter, batches, torch.device(device)
         self.sequence_means = sequence_means
+        # Also carry the dense model's hidden states, so that a layer can be refit towards the dense model's output
+        # of that layer (correcting the drift of the pruned layers before it), not only its own.
+        self.dense_target = dense_target
 
     def _first_layer_inputs(self) -> list[tuple[torch.Tensor, tuple, dict]]:
         """(hidden states, other positional args, keyword args) with which the model calls its first layer."""
@@ -88,7 +128,12 @@ class SequentialCalibration:
 
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs.pop("hidden_states")
-            captured.append((hidden.detach().to(self.device), _to(args[1:], self.device), _to(kwargs, self.device)))
+            rest = (args[1:], kwargs)
+            if captured and _same(captured[-1][1:], rest):  # equal-shaped batches share position embeddings etc.
+                rest = captured[-1][1:]
+            else:
+                rest = (_to(args[1:], self.device), _to(kwargs, self.device))
+            captured.append((hidden.detach().to(self.device), *rest))
             raise _Captured
 
         first = self.adapter.decoder_layers(self.model)[0]
@@ -115,16 +160,26 @@ class SequentialCalibration:
         layers = self.adapter.decoder_layers(self.model)
         statistics = ActivationStatistics(self.model, self.adapter, beta=None, training_only=False,
                                           dtype=torch.float64, sequence_means=self.sequence_means)
+        dense_hidden = [hidden for hidden, _, _ in inputs] if self.dense_target else None
         try:
             for index, layer in enumerate(layers):
                 home = next(layer.parameters()).device
                 layer.to(self.device)
-                outputs = []
-                for (hidden, args, kwargs), batch in zip(inputs, self.batches):
-                    statistics.token_mask = batch["attention_mask"].to(self.device)
-                    outputs.append(_hidden(layer(hidden, *args, **kwargs)))
+                outputs, drift = [], None
+                for batch_index, ((hidden, args, kwargs), batch) in enumerate(zip(inputs, self.batches)):
+                    mask = batch["attention_mask"].to(self.device)
+                    if dense_hidden is not None:
+                        statistics.active = False
+                        dense_hidden[batch_index] = _hidden(layer(dense_hidden[batch_index], *args, **kwargs))
+                        statistics.active = True
+                    statistics.token_mask = mask
+                    with _captured_input(self.adapter.output_projection(layer)) as activations:
+                        outputs.append(_hidden(layer(hidden, *args, **kwargs)))
+                    if dense_hidden is not None:
+                        drift = _fold_drift(drift, activations[0], dense_hidden[batch_index] - outputs[-1], mask)
                 statistics.token_mask = None
                 layer_statistics = self._layer_statistics(statistics, index)
+                layer_statistics.drift = drift
                 statistics.release(index)
                 if visit(index, layer, layer_statistics):  # the layer's projections were replaced: run it again
                     outputs = [_hidden(layer(hidden, *args, **kwargs)) for hidden, args, kwargs in inputs]

@@ -44,6 +44,13 @@ def _augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.
     return torch.cat([weight, column[:, None]], dim=1)
 
 
+def target_cross(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Y^T Z for the refit's target Y and Z = [X, 1] ([hidden, N + 1]): the layer's own output [W | b] Z^T, plus,
+    where the calibration carried the dense model along, the drift towards the dense model's output."""
+    cross = _augmented_weight(weight, bias) @ stats.augmented()
+    return cross if stats.drift is None else cross + stats.drift.T.to(cross)
+
+
 def activation_scores(stats: LayerStatistics, weight: torch.Tensor, bias, damp: float) -> torch.Tensor:
     return stats.sequence_means.sqrt()
 
@@ -67,8 +74,12 @@ def obs_select(stats: LayerStatistics, weight: torch.Tensor, bias, count: int, d
     float64 and the greedy updates run in float32 (only the choice of neurons comes from them; the weights are
     refit afterwards). The matrices shrink to the surviving neurons every eighth of the way, so the later (smaller)
     updates cost less."""
-    inverse_hessian = inverse(damped(gram := stats.augmented(), damping(gram, damp))).float()
-    columns = _augmented_weight(weight, bias).float()  # [hidden, N + 1], the intercept last
+    inverse_hessian = inverse(damped(gram := stats.augmented(), damping(gram, damp)))
+    # The unconstrained optimum of the (damped) refit, from which every removal is priced: [W | b] itself unless the
+    # target carries the dense model's drift.
+    columns = (_augmented_weight(weight, bias) if stats.drift is None
+               else target_cross(stats, weight, bias) @ inverse_hessian).float()  # [hidden, N + 1], intercept last
+    inverse_hessian = inverse_hessian.float()
     alive = torch.arange(stats.width, device=weight.device)
     to_remove = stats.width - count
     while to_remove > 0:

@@ -175,7 +175,8 @@ def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: 
 
     batches = calibration.batches(settings.calibration_batch_size)
     needs_means = method.calibrated and CALIBRATED[method.scores].needs_sequence_means
-    SequentialCalibration(model, adapter, batches, device, needs_means).run(visit, progress or _quiet)
+    dense_target = settings.calibration_target == "dense" and settings.calibration_inputs == "pruned"
+    SequentialCalibration(model, adapter, batches, device, needs_means, dense_target).run(visit, progress or _quiet)
     finish_compaction(model, adapter, spec)
     return OneShotResult([torch.tensor(r.pop("indices")) for r in records], records)
 
@@ -249,6 +250,7 @@ def calibration_metadata(method: Method, settings: CalibrationConfig, calibratio
         "damp": settings.damp,
         "selection": settings.selection,
         "calibration_inputs": settings.calibration_inputs,
+        "calibration_target": settings.calibration_target,
         "layer_keep": parse_layer_keep(settings.layer_keep, len(result.kept)) or None,
         "calibration": None if calibration is None else {**calibration.source,
                                                          "batch_size": settings.calibration_batch_size,

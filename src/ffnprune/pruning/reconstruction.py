@@ -5,7 +5,9 @@ so that the layer's MLP output on the calibration tokens stays as close as possi
 - bias (FLAP): b' = b + W[:, P] mean(X_P), the pruned neurons' mean contribution.
 - lstsq: [W'_K | b'] = [W | b] G[:, K+] (G[K+, K+] + damping)^-1, G the Gram of [X, 1] and K+ the kept neurons
   with the intercept: the ridge least-squares refit of the dense layer's output.
-Both report the relative output error on the calibration tokens, ||Y - Y'||^2 / ||Y||^2, computed from G.
+With --calibration-target dense, lstsq's target is the dense model's output of the layer rather than the layer's own
+output on the (already drifted) inputs: the refit also corrects what the pruned layers before it changed. Every mode
+reports the relative output error against the layer's own output, ||Y - Y'||^2 / ||Y||^2, computed from G.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ffnprune.calibration.sequential import LayerStatistics
-from ffnprune.criteria.calibrated import damped, damping
+from ffnprune.criteria.calibrated import damped, damping, target_cross
 
 RECONSTRUCTIONS = ("none", "bias", "lstsq")
 
@@ -54,7 +56,7 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     elif mode == "lstsq":
         columns = torch.cat([kept.to(weight.device), torch.tensor([width], device=weight.device)])
         system = damped(gram[columns][:, columns], damping(gram, damp))
-        target = dense @ gram[:, columns]  # [hidden, kept + 1]
+        target = target_cross(stats, weight, bias)[:, columns]  # [hidden, kept + 1]
         factor, info = torch.linalg.cholesky_ex(system)
         solution = (torch.cholesky_solve(target.T, factor) if int(info) == 0
                     else torch.linalg.lstsq(system, target.T).solution).T

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from ffnprune.errors import FfnpruneError
-from ffnprune.tasks.base import GenerationTask
+from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.e2e import E2E
 from ffnprune.tasks.examples import Examples
 from ffnprune.tasks.samsum import SAMSUM
 from ffnprune.tasks.wikisql import WIKISQL
-from ffnprune.tasks.base import HUB
 from ffnprune.tasks.wikitext import WIKITEXT, wikitext_examples, wikitext_file
 
 TASKS = {"wikitext": WIKITEXT, "samsum": SAMSUM, "wikisql": WIKISQL, "e2e": E2E}

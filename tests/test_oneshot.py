@@ -1,0 +1,300 @@
+"""One-shot calibrated pruning: criteria, reconstruction, layer-by-layer calibration, the added output bias through
+every loading route, recovery, and the errors raised before any work."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ffnprune.adapters import adapter_for
+from ffnprune.calibration import LayerStatistics, SequentialCalibration, calibration_data
+from ffnprune.cli.main import main
+from ffnprune.compaction import finish_compaction
+from ffnprune.config import CalibrationConfig
+from ffnprune.criteria import get_method
+from ffnprune.criteria.calibrated import obs_select
+from ffnprune.errors import FfnpruneError
+from ffnprune.io.pruned_dir import export_uniform, load_pruned, read_metadata
+from ffnprune.pruning.masks import NeuronMasks, masks_from_kept
+from ffnprune.pruning.oneshot import one_shot_spec, prune_layer, prune_one_shot
+from ffnprune.pruning.reconstruction import reconstruct
+from ffnprune.pruning.statistics import ActivationStatistics
+from helpers import run_without_ffnprune
+from tiny_models import tiny_model
+
+CPU = torch.device("cpu")
+
+
+def _statistics(activations: torch.Tensor) -> LayerStatistics:
+    return LayerStatistics(activations.T @ activations, activations.sum(dim=0), activations.shape[0], None)
+
+
+def _calibration_text(tmp_path, words: int = 6000):
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = ["the", "model", "prunes", "neurons", "of", "a", "layer", "and", "keeps", "what", "matters", "most"]
+    text = " ".join(vocabulary[int(i)] for i in torch.randint(0, len(vocabulary), (words,), generator=generator))
+    path = tmp_path / "calibration.txt"
+    path.write_text(text)
+    return path
+
+
+def test_lstsq_absorbs_a_neuron_that_is_a_linear_combination_of_kept_ones():
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.randn(400, 6, dtype=torch.float64, generator=generator)
+    activations[:, 3] = 2 * activations[:, 0] - activations[:, 1] + 0.5  # redundant, with an intercept
+    weight = torch.randn(5, 6, dtype=torch.float64, generator=generator)
+    bias = torch.randn(5, dtype=torch.float64, generator=generator)
+    stats = _statistics(activations)
+    kept = torch.tensor([0, 1, 2, 4, 5])
+    dense_output = activations @ weight.T + bias
+    refit = reconstruct(stats, weight, bias, kept, "lstsq", damp=1e-12)
+    assert (activations[:, kept] @ refit.weight.T + refit.bias - dense_output).abs().max() < 1e-5
+    assert refit.relative_error < 1e-10
+    sliced = reconstruct(stats, weight, bias, kept, "none", damp=1e-12)
+    assert (activations[:, kept] @ sliced.weight.T + sliced.bias - dense_output).abs().max() > 0.1
+    assert sliced.relative_error == pytest.approx(sliced.relative_error_sliced) and sliced.relative_error > 1e-3
+    # Neurons 0, 1 and 3 are linearly dependent (with the intercept): OBS removes one of them first, at no cost.
+    assert set(range(6)) - set(obs_select(stats, weight, bias, 5, damp=1e-12).tolist()) <= {0, 1, 3}
+
+
+def test_greedy_obs_removes_the_brute_force_best_single_neuron():
+    generator = torch.Generator().manual_seed(1)
+    for trial in range(5):
+        activations = torch.randn(300, 8, dtype=torch.float64, generator=generator) @ \
+            torch.randn(8, 8, dtype=torch.float64, generator=generator)
+        weight = torch.randn(6, 8, dtype=torch.float64, generator=generator)
+        stats = _statistics(activations)
+        damp = 0.01
+        gram = stats.augmented()
+        hessian = gram.clone()
+        hessian.diagonal()[:8] += damp * gram.diagonal()[:8].mean()
+        dense = torch.cat([weight, torch.zeros(6, 1, dtype=torch.float64)], dim=1)
+        costs = []
+        for removed in range(8):  # refit every other column and the bias, by brute force, in float64
+            columns = [c for c in range(9) if c != removed]
+            refit = torch.zeros_like(dense)
+            refit[:, columns] = dense @ hessian[:, columns] @ torch.linalg.inv(hessian[columns][:, columns])
+            difference = dense - refit
+            costs.append(float(((difference @ hessian) * difference).sum()))
+        kept = obs_select(stats, weight, None, 7, damp).tolist()
+        best = min(range(8), key=costs.__getitem__)
+        assert kept == [c for c in range(8) if c != best], (trial, costs)
+
+
+def test_criteria_scores_follow_their_formulas():
+    generator = torch.Generator().manual_seed(2)
+    activations = torch.randn(64, 4, dtype=torch.float64, generator=generator) * torch.tensor([1.0, 2, 3, 4])
+    weight = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    stats = _statistics(activations)
+    from ffnprune.criteria import CALIBRATED
+
+    wanda = CALIBRATED["wanda-sp"].scores(stats, weight, None, 0.01)
+    assert torch.allclose(wanda, activations.norm(dim=0) * weight.abs().mean(dim=0))
+    flap = CALIBRATED["flap"].scores(stats, weight, None, 0.01)
+    assert torch.allclose(flap, activations.var(dim=0, unbiased=False) * weight.square().sum(dim=0))
+
+
+def _batches(tokenizer, tmp_path, tokens=1024, context=32):
+    return calibration_data(tokenizer, tokens=tokens, context=context, seed=0, file=_calibration_text(tmp_path))
+
+
+def test_layer_by_layer_statistics_equal_a_full_forward(gpt2_tokenizer, tmp_path):
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+    adapter = adapter_for(model.config)
+    batches = _batches(gpt2_tokenizer, tmp_path).batches(8)
+    seen = []
+    SequentialCalibration(model, adapter, batches, CPU).run(lambda i, layer, stats: seen.append(stats) or False)
+    whole = ActivationStatistics(model, adapter, beta=None, training_only=False, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in batches:
+            whole.token_mask = batch["attention_mask"]
+            model(**batch)
+    whole.detach()
+    for index, stats in enumerate(seen):
+        assert stats.count == whole.counts[index]
+        assert torch.allclose(stats.gram, whole.gram[index], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(stats.sums, whole.sums[index], rtol=1e-5, atol=1e-7)
+
+
+def test_sequential_pruning_equals_pruning_with_full_forwards(gpt2_tokenizer, tmp_path):
+    """Layer l is calibrated on the outputs of layers 0..l-1 as already pruned: the same as running the whole
+    (partly pruned) model for every layer."""
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+    reference = copy.deepcopy(model)
+    adapter = adapter_for(model.config)
+    calibration = _batches(gpt2_tokenizer, tmp_path)
+    method = get_method("obs")
+    result = prune_one_shot(model, adapter, method, 0.5, CalibrationConfig(calibration_batch_size=8), calibration,
+                            CPU)
+    spec = one_shot_spec(reference, adapter, "lstsq")
+    kept = []
+    for index, layer in enumerate(adapter.decoder_layers(reference)):
+        capture = ActivationStatistics(reference, adapter, beta=None, training_only=False, dtype=torch.float64)
+        with torch.no_grad():
+            for batch in calibration.batches(8):
+                capture.token_mask = batch["attention_mask"]
+                reference(**batch)
+        capture.detach()
+        stats = LayerStatistics(capture.gram[index], capture.sums[index], capture.counts[index], None)
+        kept.append(prune_layer(layer, adapter, spec, stats, method, 40, "lstsq", 0.01)["indices"])
+    finish_compaction(reference, adapter, spec)
+    assert [k.tolist() for k in result.kept] == kept
+    ids = calibration.examples.input_ids[:2]
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def obs_pruned(tiny_model_dir, tmp_path_factory):
+    """A tiny llama read from disk, pruned by the CLI with obs + lstsq (which adds a down_proj bias)."""
+    root = tmp_path_factory.mktemp("obs")
+    dense = tiny_model_dir("llama")
+    out = root / "pruned"
+    code = main(["prune", str(dense), "--method", "obs", "--keep", "0.5", "--out", str(out),
+                 "--calibration-data", str(_calibration_text(root)), "--calibration-tokens", "2048",
+                 "--calibration-context", "32"])
+    assert code == 0
+    return dense, out
+
+
+def test_added_output_bias_survives_every_loading_route(obs_pruned, tmp_path):
+    import transformers
+
+    dense_dir, out = obs_pruned
+    metadata = read_metadata(out)
+    assert metadata["one_shot"]["reconstruct"] == "lstsq" and metadata["mlp_widths"] == [40] * 4
+    assert metadata["one_shot"]["calibration"]["file"].endswith("calibration.txt")
+    saved = load_file(str(out / "model.safetensors"))
+    biases = [saved[f"model.layers.{i}.mlp.down_proj.bias"] for i in range(4)]
+    assert all(b.abs().max() > 1e-4 for b in biases), "the refit bias is zero: the test would prove nothing"
+
+    # An independent reference: the dense model from disk, masked to the kept neurons, with the refit columns put
+    # in place and the refit bias added by a hook.
+    reference = transformers.AutoModelForCausalLM.from_pretrained(dense_dir).eval()
+    adapter = adapter_for(reference.config)
+    kept = [torch.tensor(k) for k in metadata["kept_neurons"]]
+    with torch.no_grad():
+        for index, layer in enumerate(adapter.decoder_layers(reference)):
+            layer.mlp.down_proj.weight[:, kept[index]] = saved[f"model.layers.{index}.mlp.down_proj.weight"]
+            layer.mlp.down_proj.register_forward_hook(lambda m, a, output, b=biases[index]: output + b)
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), NeuronMasks(reference, adapter, masks_from_kept(adapter.mlp_widths(reference), kept)):
+        expected = reference(ids).logits
+    with torch.no_grad():
+        assert (load_pruned(out)(ids).logits - expected).abs().max() < 1e-5
+    uniform = export_uniform(out, tmp_path / "uniform")
+    assert json.loads((uniform / "config.json").read_text())["mlp_bias"] is True
+    save_file({"ids": ids, "expected": expected.contiguous()}, str(tmp_path / "expected.safetensors"))
+    differences = run_without_ffnprune(f"""
+        import json, torch, transformers
+        from safetensors.torch import load_file
+        expected = load_file("expected.safetensors")
+        remote = transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
+        plain = transformers.AutoModelForCausalLM.from_pretrained({str(uniform)!r}).eval()
+        with torch.no_grad():
+            print(json.dumps([(m(expected["ids"]).logits - expected["expected"]).abs().max().item()
+                              for m in (remote, plain)]))
+    """, tmp_path)
+    assert max(differences) < 1e-5, differences
+
+
+def test_uniform_export_refuses_a_bias_the_stock_architecture_cannot_hold(gpt2_tokenizer, tmp_path):
+    model = tiny_model("qwen2", vocab_size=len(gpt2_tokenizer))
+    adapter = adapter_for(model.config)
+    prune_one_shot(model, adapter, get_method("flap"), 0.5, CalibrationConfig(), _batches(gpt2_tokenizer, tmp_path),
+                   CPU)
+    from ffnprune.io.pruned_dir import save_pruned
+
+    directory = save_pruned(model, None, tmp_path / "qwen", {"method": "flap"})
+    with pytest.raises(FfnpruneError, match="no MLP bias to hold it"):
+        export_uniform(directory, tmp_path / "uniform")
+    assert not (tmp_path / "uniform").exists()
+
+
+def test_widths_layer_keep_global_and_round_to(gpt2_tokenizer, tmp_path):
+    calibration = _batches(gpt2_tokenizer, tmp_path)
+    for settings, check in (
+        (CalibrationConfig(layer_keep="0:1,-1:1"), lambda w: w == [80, 40, 40, 80]),
+        (CalibrationConfig(selection="global"), lambda w: sum(w) == 160 and len(set(w)) > 1),
+        (CalibrationConfig(layer_keep="1:0.25"), lambda w: w == [40, 20, 40, 40]),
+    ):
+        model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+        adapter = adapter_for(model.config)
+        prune_one_shot(model, adapter, get_method("wanda-sp"), 0.5, settings, calibration, CPU)
+        assert check(adapter.mlp_widths(model)), (settings, adapter.mlp_widths(model))
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+    prune_one_shot(model, adapter, get_method("activation"), 0.3, CalibrationConfig(), calibration, CPU, round_to=8)
+    assert adapter.mlp_widths(model) == [24] * 4
+
+
+def test_non_finite_statistics_name_the_layer(gpt2_tokenizer, tmp_path):
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+    adapter = adapter_for(model.config)
+    with torch.no_grad():
+        adapter.decoder_layers(model)[2].mlp.up_proj.weight[0, 0] = float("inf")
+    with pytest.raises(FfnpruneError, match="layer 2: the calibration statistics"):
+        prune_one_shot(model, adapter, get_method("obs"), 0.5, CalibrationConfig(),
+                       _batches(gpt2_tokenizer, tmp_path), CPU)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("case", ["empty file", "missing file", "no task data", "layer keep", "gradual reconstruct",
+                                  "init scores"])
+def test_bad_calibration_input_stops_before_work(capsys, tiny_model_dir, tmp_path, case):
+    dense = tiny_model_dir("llama")
+    out = tmp_path / "out"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    argv, message = {
+        "empty file": (["--method", "obs", "--calibration-data", empty], "is empty"),
+        "missing file": (["--method", "flap", "--calibration-data", tmp_path / "nope.jsonl"], "does not exist"),
+        "no task data": (["--method", "obs", "--data", tmp_path / "nowhere"], "missing data file"),
+        "layer keep": (["--method", "obs", "--layer-keep", "0-1"], "LAYER:KEEP"),
+        "gradual reconstruct": (["--method", "movement", "--steps", "10", "--reconstruct", "lstsq"],
+                                "applies to one-shot pruning"),
+        "init scores": (["--method", "random", "--steps", "10", "--init-scores", "obs"], "learns none"),
+    }[case]
+    code, _, err = _run(capsys, "prune", dense, "--out", out, *argv)
+    assert code == 2 and "ffnprune: error:" in err and message in err, err
+    assert not out.exists() and not (tmp_path / "out.work").exists()
+
+
+def test_few_calibration_tokens_warn_about_the_damping(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "prune", tiny_model_dir("llama"), "--method", "obs", "--out", out,
+                        "--calibration-data", _calibration_text(tmp_path), "--calibration-tokens", "40",
+                        "--calibration-context", "32")
+    assert code == 0, err
+    assert "calibration tokens for layers of up to 80 neurons" in err and "--damp 0.01" in err
+
+
+def test_recovery_after_one_shot_and_calibrated_initial_scores(capsys, tiny_model_dir, tmp_path):
+    dense = tiny_model_dir("llama")
+    text = _calibration_text(tmp_path)
+    out = tmp_path / "recovered"
+    code, _, err = _run(capsys, "prune", dense, "--method", "flap", "--keep", "0.5", "--steps", "3", "--distill",
+                        "--out", out, "--context", "32", "--batch-size", "2", "--calibration-data", text,
+                        "--calibration-context", "32", "--calibration-tokens", "1024", "--checkpoint-every", "1")
+    assert code == 0, err
+    metadata = read_metadata(out)
+    assert metadata["training"]["kind"] == "recovery after one-shot pruning" and metadata["training"]["distilled"]
+    assert metadata["mlp_widths"] == [40] * 4 and metadata["one_shot"]["criterion"] == "flap"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(r["keep_actual"] == 1.0 for r in log)
+    assert load_pruned(out).model.layers[0].mlp.down_proj.bias is not None
+
+    out = tmp_path / "gum"
+    code, _, err = _run(capsys, "prune", dense, "--method", "gum", "--mu", "1", "--keep", "0.5", "--steps", "10",
+                        "--init-scores", "obs", "--out", out, "--context", "32", "--batch-size", "2",
+                        "--calibration-data", text, "--calibration-context", "32", "--calibration-tokens", "1024")
+    assert code == 0, err
+    assert read_metadata(out)["training"]["init_scores"] == "obs"
