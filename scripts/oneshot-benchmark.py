@@ -2,7 +2,8 @@
 
 calibration on WikiText-2 validation only (32,768 tokens in 512-token sequences, seed 0); perplexity on the first
 16,384 WikiText-2 test tokens in blocks of 512. Rows, in the order they run:
-  1. ffnprune one-shot, each layer calibrated on the already-pruned layers' outputs (the default): criterion x lstsq
+  1. ffnprune one-shot as `ffnprune prune` runs it by default (each layer calibrated on the already-pruned layers'
+     outputs, refit towards the dense model's layer outputs): obs and flap with lstsq
   2. ffnprune one-shot + recovery (fine-tuning with distillation from the dense model) at a stated CPU budget
   3. the grid: every criterion x reconstruction, statistics of the dense model (one calibration pass shared)
   4. Torch-Pruning 1.6.x (optional: pip install torch-pruning==1.6.1), MLP channels only, same widths
@@ -84,7 +85,7 @@ class Bench:
         print(f"{name}: perplexity {record['perplexity']:.2f}, {wall:.0f} s", flush=True)
 
 
-def sequential_rows(bench: Bench, criteria=("obs", "flap", "wanda-sp", "activation")) -> None:
+def sequential_rows(bench: Bench, criteria=("obs", "flap")) -> None:
     for criterion in criteria:
         for keep in KEEPS:
             def work(criterion=criterion, keep=keep):
@@ -248,8 +249,6 @@ def main() -> None:
             recovery_rows(bench, args.recovery_steps)
         if "grid" in parts:
             grid_rows(bench)
-        if "seq" in parts:
-            sequential_rows(bench, ("wanda-sp", "activation"))
         if "tp" in parts:
             torch_pruning_rows(bench)
     report(out)

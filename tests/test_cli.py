@@ -86,16 +86,19 @@ def test_demo_fine_prunes_each_method_and_records_its_protocol(capsys, dense_dir
                          "--context", "64", "--steps", "3", "--train-context", "32", "--prompt-length", "16",
                          "--new-tokens", "4", "--repeats", "2", "--out", out_dir)
     assert code == 0, err
-    assert "WikiText ppl" in out and "gum keep 0.5" in out and "random keep 0.5" in out
+    assert "WikiText ppl" in out and "gum keep 0.5" in out and "obs keep 0.5" in out
     result = json.loads((out_dir / "results.json").read_text())
-    assert result["split"] == "test" and result["methods"] == ["gum", "random"] and result["steps"] == 3
+    assert result["split"] == "test" and result["methods"] == ["obs", "gum"] and result["steps"] == 3
     assert result["protocol"]["context"] == 64 and result["protocol"]["tokens_scored"] == 8 * 63
     assert result["speed"]["settings"]["prompt_lengths"] == [16] and result["speed"]["settings"]["repeats"] == 2
-    assert result["hyperparameters"]["gum"]["mu"] == 1.0 and result["hyperparameters"]["random"]["mu"] is None
+    assert result["hyperparameters"]["gum"]["mu"] == 1.0 and result["hyperparameters"]["obs"]["mu"] is None
+    assert result["hyperparameters"]["obs"]["distill"] and not result["hyperparameters"]["gum"]["distill"]
     dense = result["results"]["dense"]
-    for method in ("gum", "random"):
+    for method in ("obs", "gum"):
         row = result["results"][method]
-        assert row["mlp_parameters"] == dense["mlp_parameters"] // 2
+        assert sum(row["mlp_widths"]) == sum(dense["mlp_widths"]) // 2
+        # obs's refit adds a down_proj bias (hidden size 32) to each of the 4 layers
+        assert row["mlp_parameters"] == dense["mlp_parameters"] // 2 + (4 * 32 if method == "obs" else 0)
         assert row["flops_per_token"] < dense["flops_per_token"]
         timed = [r for r in result["speed"]["runs"] if r["model"] == method]
         assert [r["batch_size"] for r in timed] == [1, 8] and all(r["speedup_decode_flops"] > 1 for r in timed)

@@ -128,8 +128,8 @@ def test_sequential_pruning_equals_pruning_with_full_forwards(gpt2_tokenizer, tm
     adapter = adapter_for(model.config)
     calibration = _batches(gpt2_tokenizer, tmp_path)
     method = get_method("obs")
-    result = prune_one_shot(model, adapter, method, 0.5, CalibrationConfig(calibration_batch_size=8), calibration,
-                            CPU)
+    settings = CalibrationConfig(calibration_batch_size=8, calibration_target="own")
+    result = prune_one_shot(model, adapter, method, 0.5, settings, calibration, CPU)
     spec = one_shot_spec(reference, adapter, "lstsq")
     kept = []
     for index, layer in enumerate(adapter.decoder_layers(reference)):
@@ -298,3 +298,45 @@ def test_recovery_after_one_shot_and_calibrated_initial_scores(capsys, tiny_mode
                         "--calibration-data", text, "--calibration-context", "32", "--calibration-tokens", "1024")
     assert code == 0, err
     assert read_metadata(out)["training"]["init_scores"] == "obs"
+
+
+def test_dense_target_drift_is_the_gap_to_the_dense_models_layer_output(gpt2_tokenizer, tmp_path):
+    """With the dense model carried along, layer 1's statistics hold [X, 1]^T (O_dense - O): X its activations and O
+    its output in the model whose layer 0 is pruned, O_dense its output in the dense model."""
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+    dense = copy.deepcopy(model)
+    adapter = adapter_for(model.config)
+    batches = _batches(gpt2_tokenizer, tmp_path, tokens=256).batches(8)
+    assert len(batches) == 1
+    spec = one_shot_spec(model, adapter, "lstsq")
+    seen = {}
+
+    def visit(index, layer, stats):
+        seen[index] = stats
+        if index == 0:
+            prune_layer(layer, adapter, spec, stats, get_method("flap"), 20, "lstsq", 0.01)
+        return index == 0
+
+    SequentialCalibration(model, adapter, batches, CPU, dense_target=True).run(visit)
+    assert seen[0].drift.abs().max() == 0  # layer 0 sees the same inputs in both models
+
+    def layer_io(network, index):
+        captured = {}
+        layer = adapter.decoder_layers(network)[index]
+        hooks = [adapter.output_projection(layer).register_forward_pre_hook(
+                     lambda m, args: captured.__setitem__("x", args[0])),
+                 layer.register_forward_hook(lambda m, args, out: captured.__setitem__(
+                     "out", out[0] if isinstance(out, tuple) else out))]
+        with torch.no_grad():
+            network(**batches[0])
+        for hook in hooks:
+            hook.remove()
+        return captured
+
+    # `model` now has layer 0 pruned and the others dense: run it whole and read layer 1's activations and output
+    pruned, reference = layer_io(model, 1), layer_io(dense, 1)
+    activations = torch.cat([pruned["x"].flatten(0, 1), torch.ones(pruned["x"].shape[0] * pruned["x"].shape[1], 1)],
+                            dim=1).double()
+    expected = activations.T @ (reference["out"] - pruned["out"]).flatten(0, 1).double()
+    assert expected.abs().max() > 1e-3, "layer 0's pruning changed nothing: the test would prove nothing"
+    assert torch.allclose(seen[1].drift, expected, rtol=1e-4, atol=1e-6)

@@ -190,9 +190,11 @@ class TrainingBenchConfig:
 class DemoConfig:
     model: str = option(SMOLLM2_ALIAS, "model to prune")
     data: str = option(None, "WikiText data folder or file (default: ../shared/data)")
-    methods: str = option("gum,random", "pruning methods to compare, comma-separated")
+    methods: str = option("obs,gum", "pruning methods to compare, comma-separated (calibrated ones prune in one "
+                                     "shot, then recover for --steps)")
     keep: float = option(0.5, "fraction of MLP neurons kept")
-    steps: int = option(40, "fine-pruning steps per method on WikiText validation (0: one-shot)")
+    steps: int = option(40, "fine-pruning (or recovery) steps per method on WikiText validation (0: one-shot)")
+    recovery_lr: float = option(2e-4, "learning rate of the recovery after one-shot pruning")
     mu: float = option(1.0, "GUM's uniqueness weight (gum, anti-gum)")
     train_context: int = option(256, "tokens per training sequence")
     train_batch_size: int = option(2, "training sequences per step")

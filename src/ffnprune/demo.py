@@ -37,7 +37,15 @@ def prune_config(config: DemoConfig, method: str, out: Path) -> PruneConfig:
               "batch_size": config.train_batch_size, "overwrite": True}
     if get_method(method).uses_mu:
         values["mu"] = config.mu
+    if get_method(method).calibrated:  # one-shot, then recovery with distillation from the dense model
+        values.update(distill=True, lr=config.recovery_lr, calibration_context=config.train_context)
     return build_config(PruneConfig, values)
+
+
+def _plan(method: str, steps: int) -> str:
+    if get_method(method).calibrated:
+        return "one-shot" + (f", then {steps} recovery steps with distillation" if steps else "")
+    return f"fine-pruning for {steps} steps" if steps else "one-shot"
 
 
 def run_demo(config: DemoConfig, say=print) -> dict:
@@ -63,8 +71,7 @@ def run_demo(config: DemoConfig, say=print) -> dict:
     settings = {}
     for method in methods:
         settings[method] = prune_config(config, method, out / method)
-        say(f"{method}: {'fine-pruning for ' + str(config.steps) + ' steps' if config.steps else 'one-shot'} "
-            f"to keep {config.keep} ...")
+        say(f"{method}: {_plan(method, config.steps)}, to keep {config.keep} ...")
         method_started = time.perf_counter()
         prune(settings[method], say=say)
         models[method] = load_model(str(out / method))  # the saved, compacted model, as a user would load it
@@ -108,8 +115,8 @@ def _table(result: dict) -> str:
         label = name if name == "dense" else f"{name} keep {result['keep']:g}"
         lines.append(f"{label:<18}{row['perplexity']:>13.2f}{row['parameters']:>14,}{row['mlp_parameters']:>16,}"
                      f"{row['flops_per_token'] / 1e9:>14.3f}")
-    budget = (f"fine-pruned for {result['steps']} steps on WikiText validation" if result["steps"]
-              else "one-shot, no fine-tuning")
+    budget = "; ".join(f"{method}: {_plan(method, result['steps'])}" for method in result["methods"])
+    budget += " (on WikiText validation)" if result["steps"] else ""
     lines.append(f"({result['protocol']['tokens_scored']:,} test tokens scored in blocks of "
                  f"{result['protocol']['context']}; {budget}; models and results.json in {result['out']})")
     return "\n".join(lines) + "\n\n" + speed_table(result["speed"])

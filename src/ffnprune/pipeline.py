@@ -58,6 +58,9 @@ def check_config(config: PruneConfig) -> Method:
     if method.uses_mu and (mu is None or mu <= 0):
         raise FfnpruneError(f"method {method.name} needs --mu > 0, the weight of uniqueness in its penalty "
                             "(the paper sweeps 0.5-2; --mu 1 is a fair start)")
+    if method.learned and config.steps == 0:
+        raise FfnpruneError(f"method {method.name!r} learns its scores while fine-tuning: give --steps N (N > 0), or "
+                            f"prune in one shot with {', '.join(CALIBRATED)}, random or magnitude")
     for name, value in (("gum-tokens", config.penalty.gum_tokens), ("gum-every", config.penalty.gum_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise FfnpruneError(f"--{name} {value!r} must be a whole number >= 1")
@@ -120,9 +123,14 @@ def prune(config: PruneConfig, resume: str | Path | None = None, say=print) -> P
     return fine_prune(config, method, Path(resume) if resume else None, say)
 
 
-def load_calibration(config: PruneConfig, tokenizer) -> CalibrationData:
+def load_calibration(config: PruneConfig, loaded: LoadedModel, say=print) -> CalibrationData:
     settings = config.calibration
-    return calibration_data(tokenizer, tokens=settings.calibration_tokens, context=settings.calibration_context,
+    context = settings.calibration_context
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if positions and context > positions:
+        say(f"--calibration-context {context} is longer than the model's {positions} positions; using {positions}")
+        context = positions
+    return calibration_data(loaded.tokenizer, tokens=settings.calibration_tokens, context=context,
                             seed=config.seed, file=settings.calibration_data, task=config.task, data=config.data,
                             split=config.train_split, strict=config.strict)
 
@@ -140,9 +148,9 @@ def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=pri
     settings = config.calibration
     calibration = None
     if needs_calibration(method, settings):
-        calibration = load_calibration(config, loaded.tokenizer)
+        calibration = load_calibration(config, loaded, say)
         say(f"calibrating on {calibration.tokens:,} tokens ({len(calibration.examples)} sequences of "
-            f"{settings.calibration_context}); {method.name} selection, {reconstruction_mode(method, settings)} "
+            f"{calibration.source['context']}); {method.name} selection, {reconstruction_mode(method, settings)} "
             "reconstruction, layer by layer")
     device = pick_device(settings.calibration_device)
     widths_before, parameters_before = loaded.adapter.mlp_widths(loaded.model), loaded.model.num_parameters()
@@ -263,7 +271,7 @@ def _one_shot_before_recovery(loaded: LoadedModel, config: PruneConfig, method: 
 def _calibrated_initial_scores(loaded: LoadedModel, config: PruneConfig, say) -> list:
     """--init-scores: the named criterion's scores on the dense model, standardised per layer."""
     criterion = get_method(config.calibration.init_scores)
-    calibration = load_calibration(config, loaded.tokenizer)
+    calibration = load_calibration(config, loaded, say)
     say(f"initial scores: {criterion.name} on {calibration.tokens:,} calibration tokens")
     scores = dense_scores(loaded.model, loaded.adapter, criterion, calibration, config.calibration,
                           pick_device(config.calibration.calibration_device), config.seed)
