@@ -6,7 +6,8 @@ calibration on WikiText-2 validation only (32,768 tokens in 512-token sequences,
      outputs, refit towards the dense model's layer outputs): obs and flap with lstsq
   2. ffnprune one-shot + recovery (fine-tuning with distillation from the dense model) at a stated CPU budget
   3. the grid: every criterion x reconstruction, statistics of the dense model (one calibration pass shared)
-  4. Torch-Pruning 1.6.x (optional: pip install torch-pruning==1.6.1), MLP channels only, same widths
+  4. Torch-Pruning 1.6.1 (pip install '.[benchmark]'), MLP channels only, same widths, its own importance
+     (group magnitude; Taylor from 8 sequences of gradients) and its own dependency graph and pruning
 Each row records wall and CPU seconds and peak resident memory. Rows land in rows.jsonl as they finish (a rerun
 skips them); --report writes table.md, results.json and perplexity-vs-keep.png from whatever has landed.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import math
 import resource
@@ -85,7 +87,7 @@ class Bench:
         print(f"{name}: perplexity {record['perplexity']:.2f}, {wall:.0f} s", flush=True)
 
 
-def sequential_rows(bench: Bench, criteria=("obs", "flap")) -> None:
+def sequential_rows(bench: Bench, criteria: tuple[str, ...]) -> None:
     for criterion in criteria:
         for keep in KEEPS:
             def work(criterion=criterion, keep=keep):
@@ -100,7 +102,7 @@ def sequential_rows(bench: Bench, criteria=("obs", "flap")) -> None:
 def recovery_rows(bench: Bench, steps: int) -> None:
     from ffnprune.pipeline import prune
 
-    out = bench.out / "recovery-model"
+    out = Path("out/oneshot-recovery-model")  # a model directory: not for results/
     for keep in (0.5,):
         def work(keep=keep):
             config = PruneConfig(model="smollm2-135m", out=str(out), method="obs", keep=keep, steps=steps,
@@ -153,6 +155,7 @@ def torch_pruning_rows(bench: Bench) -> None:
     except ImportError:
         print("torch-pruning is not installed (pip install torch-pruning==1.6.1); skipping its rows")
         return
+    tp_version = importlib.metadata.version("torch-pruning")  # its __version__ attribute says 1.6.0 in 1.6.1
     adapter = bench.loaded.adapter
     ids = bench.calibration.examples.input_ids
     for importance_name in ("group-magnitude", "taylor"):
@@ -181,7 +184,7 @@ def torch_pruning_rows(bench: Bench) -> None:
                                for layer in adapter.decoder_layers(model)]
                 compact_mlps(model, adapter, [torch.arange(w) for w in kept_widths])  # only records the widths
                 return model
-            bench.row(f"torch-pruning/{importance_name}/{keep}", work, kind=f"Torch-Pruning {tp.__version__}, "
+            bench.row(f"torch-pruning/{importance_name}/{keep}", work, kind=f"Torch-Pruning {tp_version}, "
                       "MLP channels only, no reconstruction", criterion=importance_name, reconstruct="none",
                       keep=keep)
 
@@ -189,16 +192,28 @@ def torch_pruning_rows(bench: Bench) -> None:
 def report(out: Path) -> None:
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     dense = next(r for r in rows if r["name"] == "dense")
-    lines = ["| method | reconstruction | keep | perplexity | / dense | wall s | CPU s | peak RSS GB |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| dense | | 1.0 | {dense['perplexity']:.2f} | 1.00 | | | |"]
-    for r in rows:
-        if r["name"] == "dense":
+    lines = [f"SmolLM2-135M, WikiText-2 test perplexity on the first 16,384 tokens in blocks of 512 (dense "
+             f"{dense['perplexity']:.2f}); calibration: 32,768 WikiText-2 validation tokens. Time and memory are "
+             "those of the pruning (and recovery) alone, on 2 CPU cores; peak RSS is the benchmark process's, "
+             "which also holds a dense copy of the model (and, for the grid, every layer's statistics).", ""]
+    sections = [("ffnprune one-shot (default: sequential, refit towards the dense model's layer outputs)", "seq/"),
+                ("ffnprune one-shot + recovery", "recovery/"),
+                ("ffnprune one-shot on dense-model statistics, every criterion x reconstruction (one shared "
+                 "calibration pass, not counted in the rows: see results.json)", "grid/"),
+                ("Torch-Pruning, MLP channels only, same widths, no reconstruction", "torch-pruning/")]
+    for title, prefix in sections:
+        chosen = [r for r in rows if r["name"].startswith(prefix)]
+        if not chosen:
             continue
-        lines.append(f"| {r['kind']}: {r['criterion']} | {r['reconstruct']} | {r['keep']} | {r['perplexity']:,.2f} | "
-                     f"{r['perplexity'] / dense['perplexity']:,.2f} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f}"
-                     f" | {r['peak_rss_bytes'] / 2**30:.2f} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+        lines += [f"**{title}**", "", "| criterion | reconstruction | keep | perplexity | / dense | wall s | CPU s | "
+                  "peak RSS GB |", "|---|---|---|---|---|---|---|---|"]
+        for r in chosen:
+            criterion = r["criterion"] + (f" + {r['steps']} steps" if "steps" in r else "")
+            lines.append(f"| {criterion} | {r['reconstruct']} | {r['keep']} | {r['perplexity']:,.2f} | "
+                         f"{r['perplexity'] / dense['perplexity']:,.2f} | {r['wall_seconds']:.0f} | "
+                         f"{r['cpu_seconds']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+        lines.append("")
+    (out / "table.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps({"ffnprune_version": ffnprune.__version__, "protocol": PROTOCOL,
                                                   "dense_perplexity": dense["perplexity"], "rows": rows}, indent=1))
     import matplotlib
@@ -209,17 +224,19 @@ def report(out: Path) -> None:
     figure, axis = plt.subplots(figsize=(8, 5))
     series: dict[str, list] = {}
     for r in rows:
-        if r["name"] != "dense" and "keep" in r and r["kind"].startswith(("ffnprune one-shot, seq", "Torch")):
-            series.setdefault(f"{r['kind'].split(',')[0]}: {r['criterion']}", []).append((r["keep"], r["perplexity"]))
+        if r["name"].startswith(("seq/", "torch-pruning/taylor")):
+            label = "ffnprune default (sequential)" if r["name"].startswith("seq/") else "Torch-Pruning"
+            series.setdefault(f"{label}: {r['criterion']}", []).append((r["keep"], r["perplexity"]))
     for r in rows:
-        if r["name"].startswith("grid/") and r["reconstruct"] == "none":
-            series.setdefault(f"{r['criterion']}, no reconstruction (dense stats)", []).append(
+        if r["name"].startswith("grid/") and r["criterion"] in ("wanda-sp", "obs", "random"):
+            series.setdefault(f"{r['criterion']} + {r['reconstruct']} (dense stats)", []).append(
                 (r["keep"], r["perplexity"]))
     for label, points in series.items():
         points.sort()
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     axis.axhline(dense["perplexity"], color="black", linestyle=":", label="dense")
     axis.set_yscale("log")
+    axis.set_ylim(20, 1e4)  # collapsed rows (above 10^4) leave the chart; table.md has them
     axis.set_xlabel("keep fraction of MLP neurons (every layer)")
     axis.set_ylabel("WikiText-2 test perplexity (16,384 tokens)")
     axis.set_title("SmolLM2-135M, one-shot, no training")
@@ -233,7 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/oneshot")
     parser.add_argument("--only", default="seq,recovery,grid,tp")
-    parser.add_argument("--recovery-steps", type=int, default=100)
+    parser.add_argument("--recovery-steps", type=int, default=120)
     parser.add_argument("--report", action="store_true", help="only write the report from the rows landed")
     args = parser.parse_args()
     out = Path(args.out)
@@ -244,9 +261,11 @@ def main() -> None:
         bench.row("dense", bench.fresh, kind="dense", criterion="", reconstruct="", keep=1.0)
         parts = args.only.split(",")
         if "seq" in parts:
-            sequential_rows(bench, ("obs", "flap"))
+            sequential_rows(bench, ("obs",))
         if "recovery" in parts:
             recovery_rows(bench, args.recovery_steps)
+        if "seq" in parts:
+            sequential_rows(bench, ("flap",))
         if "grid" in parts:
             grid_rows(bench)
         if "tp" in parts:

@@ -199,7 +199,7 @@ class DemoConfig:
     train_context: int = option(256, "tokens per training sequence")
     train_batch_size: int = option(2, "training sequences per step")
     context: int = option(512, "tokens per perplexity block")
-    max_tokens: int = option(8192, "WikiText test tokens to evaluate (0: all)")
+    max_tokens: int = option(16384, "WikiText test tokens to evaluate (0: all)")
     batch_size: int = option(4, "blocks per evaluation forward pass")
     out: str = option("out/demo", "directory for the pruned models (replaced on each run) and results.json")
     seed: int = option(0, "random seed")
