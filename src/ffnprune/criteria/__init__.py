@@ -18,6 +18,7 @@ from torch import nn
 
 from ffnprune.adapters import MlpAdapter
 from ffnprune.errors import FfnpruneError
+from ffnprune.pruning.selection import top_indices
 
 ScoreFunction = Callable[[nn.Module, MlpAdapter, torch.Generator], list[torch.Tensor]]
 
@@ -38,8 +39,7 @@ class CalibratedCriterion:
     def kept(self, stats, weight, bias, count: int, damp: float) -> torch.Tensor:
         if self.select is not None:
             return self.select(stats, weight, bias, count, damp)
-        top = torch.topk(self.scores(stats, weight, bias, damp), count, sorted=False).indices
-        return torch.sort(top).values
+        return top_indices(self.scores(stats, weight, bias, damp), count)
 
 
 CALIBRATED: dict[str, CalibratedCriterion] = {}

@@ -44,11 +44,10 @@ def _augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.
     return torch.cat([weight, column[:, None]], dim=1)
 
 
-def target_cross(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Y^T Z for the refit's target Y and Z = [X, 1] ([hidden, N + 1]): the layer's own output [W | b] Z^T, plus,
-    where the calibration carried the dense model along, the drift towards the dense model's output."""
-    cross = _augmented_weight(weight, bias) @ stats.augmented()
-    return cross if stats.drift is None else cross + stats.drift.T.to(cross)
+def target_cross(stats: LayerStatistics, own_cross: torch.Tensor) -> torch.Tensor:
+    """Y^T Z for the refit's target Y and Z = [X, 1] ([hidden, N + 1]), from the layer's own output's [W | b] G:
+    plus, where the calibration carried the dense model along, the drift towards the dense model's output."""
+    return own_cross if stats.drift is None else own_cross + stats.drift.T.to(own_cross)
 
 
 def activation_scores(stats: LayerStatistics, weight: torch.Tensor, bias, damp: float) -> torch.Tensor:
@@ -77,8 +76,10 @@ def obs_select(stats: LayerStatistics, weight: torch.Tensor, bias, count: int, d
     inverse_hessian = inverse(damped(gram := stats.augmented(), damping(gram, damp)))
     # The unconstrained optimum of the (damped) refit, from which every removal is priced: [W | b] itself unless the
     # target carries the dense model's drift.
-    columns = (_augmented_weight(weight, bias) if stats.drift is None
-               else target_cross(stats, weight, bias) @ inverse_hessian).float()  # [hidden, N + 1], intercept last
+    columns = _augmented_weight(weight, bias)  # [hidden, N + 1], the intercept last
+    if stats.drift is not None:
+        columns = target_cross(stats, columns @ gram) @ inverse_hessian
+    columns = columns.float()
     inverse_hessian = inverse_hessian.float()
     alive = torch.arange(stats.width, device=weight.device)
     to_remove = stats.width - count

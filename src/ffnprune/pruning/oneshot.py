@@ -23,7 +23,14 @@ from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.models import LoadedModel
 from ffnprune.pruning.reconstruction import reconstruct
-from ffnprune.pruning.selection import check_keep, kept_count, local_top_v, round_widths, rounded_count
+from ffnprune.pruning.selection import (
+    check_keep,
+    kept_count,
+    local_top_v,
+    round_widths,
+    rounded_count,
+    top_indices,
+)
 
 
 def parse_layer_keep(spec: str | dict | None, layers: int | None = None) -> dict[int, float]:
@@ -99,14 +106,6 @@ def _output(layer: nn.Module, adapter: MlpAdapter) -> tuple[torch.Tensor, torch.
     return adapter.output_columns(projection).detach().T.double(), bias
 
 
-def _criterion_scores(method: Method, fixed: list[torch.Tensor] | None, index: int, stats: LayerStatistics,
-                      layer: nn.Module, adapter: MlpAdapter, damp: float) -> torch.Tensor:
-    if method.calibrated:
-        weight, bias = _output(layer, adapter)
-        return CALIBRATED[method.scores].scores(stats, weight, bias, damp)
-    return fixed[index].double()
-
-
 def _warn_few_tokens(calibration: CalibrationData, widths: list[int], damp: float) -> None:
     if calibration.tokens <= max(widths):
         warnings.warn(f"{calibration.tokens} calibration tokens for layers of up to {max(widths)} neurons: the "
@@ -115,19 +114,33 @@ def _warn_few_tokens(calibration: CalibrationData, widths: list[int], damp: floa
                       f"{4 * max(widths)} for a refit the data determines", FfnpruneWarning, stacklevel=3)
 
 
+def _fixed_scores(model: nn.Module, adapter: MlpAdapter, method: Method, seed: int) -> list[torch.Tensor] | None:
+    """A fixed criterion's scores of the dense model (None for calibrated criteria, which score layer by layer)."""
+    return None if method.calibrated else method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
+
+
+def _calibration_pass(model: nn.Module, adapter: MlpAdapter, method: Method, calibration: CalibrationData,
+                      settings: CalibrationConfig, device: torch.device, dense_target: bool = False):
+    needs_means = method.calibrated and CALIBRATED[method.scores].needs_sequence_means
+    return SequentialCalibration(model, adapter, calibration.batches(settings.calibration_batch_size), device,
+                                 needs_means, dense_target)
+
+
 def dense_scores(model: nn.Module, adapter: MlpAdapter, method: Method, calibration: CalibrationData,
                  settings: CalibrationConfig, device: torch.device, seed: int, progress=None) -> list[torch.Tensor]:
     """Every layer's criterion scores on the dense model (one calibration pass, nothing pruned)."""
-    fixed = None if method.calibrated else method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
+    fixed = _fixed_scores(model, adapter, method, seed)
     scores: list[torch.Tensor] = []
 
     def visit(index, layer, stats):
-        scores.append(_criterion_scores(method, fixed, index, stats, layer, adapter, settings.damp).float().cpu())
+        if method.calibrated:
+            weight, bias = _output(layer, adapter)
+            scores.append(CALIBRATED[method.scores].scores(stats, weight, bias, settings.damp).float().cpu())
+        else:
+            scores.append(fixed[index].float().cpu())
         return False
 
-    batches = calibration.batches(settings.calibration_batch_size)
-    needs_means = method.calibrated and CALIBRATED[method.scores].needs_sequence_means
-    SequentialCalibration(model, adapter, batches, device, needs_means).run(visit, progress or _quiet)
+    _calibration_pass(model, adapter, method, calibration, settings, device).run(visit, progress or _quiet)
     return scores
 
 
@@ -149,10 +162,10 @@ def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: 
     layer_keep = parse_layer_keep(settings.layer_keep, len(widths))
     mode = reconstruction_mode(method, settings)
     if not needs_calibration(method, settings):
-        fixed = method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
+        fixed = _fixed_scores(model, adapter, method, seed)
         counts = (global_counts(fixed, keep, layer_keep, round_to) if settings.selection == "global"
                   else layer_counts(widths, keep, layer_keep, round_to))
-        kept = [torch.sort(torch.topk(s.float(), c, sorted=False).indices).values for s, c in zip(fixed, counts)]
+        kept = [top_indices(s, c) for s, c in zip(fixed, counts)]
         compact_mlps(model, adapter, kept)
         return OneShotResult(kept, [{"layer": i, "kept": len(k)} for i, k in enumerate(kept)])
     if calibration is None:
@@ -163,7 +176,7 @@ def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: 
         counts = global_counts(scores, keep, layer_keep, round_to)
     else:
         counts = layer_counts(widths, keep, layer_keep, round_to)
-    fixed = None if method.calibrated else method.fixed_scores(model, adapter, torch.Generator().manual_seed(seed))
+    fixed = _fixed_scores(model, adapter, method, seed)
     spec = one_shot_spec(model, adapter, mode)
     records: list[dict] = []
 
@@ -173,10 +186,9 @@ def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: 
         records[-1]["layer"] = index
         return records[-1]["kept"] < widths[index] and settings.calibration_inputs == "pruned"
 
-    batches = calibration.batches(settings.calibration_batch_size)
-    needs_means = method.calibrated and CALIBRATED[method.scores].needs_sequence_means
     dense_target = settings.calibration_target == "dense" and settings.calibration_inputs == "pruned"
-    SequentialCalibration(model, adapter, batches, device, needs_means, dense_target).run(visit, progress or _quiet)
+    _calibration_pass(model, adapter, method, calibration, settings, device, dense_target).run(visit,
+                                                                                               progress or _quiet)
     finish_compaction(model, adapter, spec)
     return OneShotResult([torch.tensor(r.pop("indices")) for r in records], records)
 
@@ -198,7 +210,7 @@ def prune_layer(layer: nn.Module, adapter: MlpAdapter, spec: dict, stats: LayerS
     if method.calibrated:
         indices = CALIBRATED[method.scores].kept(stats, weight, bias, count, damp)
     else:
-        indices = torch.sort(torch.topk(fixed_scores.float(), count, sorted=False).indices).values
+        indices = top_indices(fixed_scores, count)
     result = reconstruct(stats, weight, bias, indices.to(weight.device), mode, damp)
     projection = adapter.output_projection(layer)
     new_bias = None if result.bias is None else result.bias.to(projection.weight.dtype)

@@ -30,10 +30,9 @@ class Reconstruction:
     relative_error_sliced: float  # of the kept columns alone (what "none" gives)
 
 
-def _relative_error(gram: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor) -> float:
-    """||[W|b] Z^T - [W'|b'] Z^T||^2 / ||[W|b] Z^T||^2 for Z = [X, 1], from G = Z^T Z."""
+def _relative_error(gram: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor, total: float) -> float:
+    """||[W|b] Z^T - [W'|b'] Z^T||^2 / ||[W|b] Z^T||^2 for Z = [X, 1], from G = Z^T Z (`total` the denominator)."""
     difference = dense - pruned
-    total = float(((dense @ gram) * dense).sum())
     return float(((difference @ gram) * difference).sum()) / total if total > 0 else 0.0
 
 
@@ -43,6 +42,8 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     width = stats.width
     gram = stats.augmented()
     dense = torch.cat([weight, (bias if bias is not None else weight.new_zeros(weight.shape[0]))[:, None]], dim=1)
+    own_cross = dense @ gram  # [W | b] G: the refit's target without drift, and the errors' denominator
+    total = float((own_cross * dense).sum())
     sliced = torch.zeros_like(dense)
     sliced[:, kept] = dense[:, kept]
     sliced[:, width] = dense[:, width]
@@ -56,7 +57,7 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     elif mode == "lstsq":
         columns = torch.cat([kept.to(weight.device), torch.tensor([width], device=weight.device)])
         system = damped(gram[columns][:, columns], damping(gram, damp))
-        target = target_cross(stats, weight, bias)[:, columns]  # [hidden, kept + 1]
+        target = target_cross(stats, own_cross)[:, columns]  # [hidden, kept + 1]
         factor, info = torch.linalg.cholesky_ex(system)
         solution = (torch.cholesky_solve(target.T, factor) if int(info) == 0
                     else torch.linalg.lstsq(system, target.T).solution).T
@@ -66,5 +67,5 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     result = torch.zeros_like(dense)
     result[:, kept] = new_weight
     result[:, width] = new_bias if new_bias is not None else 0.0
-    return Reconstruction(new_weight, new_bias, _relative_error(gram, dense, result),
-                          _relative_error(gram, dense, sliced))
+    return Reconstruction(new_weight, new_bias, _relative_error(gram, dense, result, total),
+                          _relative_error(gram, dense, sliced, total))

@@ -30,14 +30,14 @@ def kept_count(keep: float, width: int) -> int:
     return min(width, math.floor(keep * width + 1e-9))
 
 
+def top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices (ascending) of the `count` highest scores."""
+    return torch.sort(torch.topk(scores.detach().float(), count, sorted=False).indices).values
+
+
 def local_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tensor]:
     """Per layer, the indices (ascending) of the int(v * N_l) highest scores."""
-    kept = []
-    for layer_scores in scores:
-        count = kept_count(keep, layer_scores.numel())
-        top = torch.topk(layer_scores.detach().float(), count, sorted=False).indices
-        kept.append(torch.sort(top).values)
-    return kept
+    return [top_indices(layer_scores, kept_count(keep, layer_scores.numel())) for layer_scores in scores]
 
 
 def global_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tensor]:
