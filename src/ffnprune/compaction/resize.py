@@ -55,10 +55,13 @@ def compact_layer(layer: nn.Module, adapter: MlpAdapter, spec: dict, kept: torch
 
 def finish_compaction(model: nn.Module, adapter: MlpAdapter, spec: dict) -> None:
     """Record the layers' widths in config.ffnprune and make the model what load_pruned returns. Being custom code,
-    it saves and loads its weights under its module names, without transformers' key conversions."""
+    it saves and loads its weights under its module names, without transformers' key conversions: the conversions
+    remembered from loading the dense checkpoint (GPT-NeoX's lm_head -> embed_out on save) are forgotten, or the
+    saved checkpoint would not match what loads it."""
     base = base_class(model)
     model.config.ffnprune = {**spec, "mlp_widths": adapter.mlp_widths(model)}
     model.__class__ = pruned_causal_lm(base)
+    model.__dict__.pop("_weight_conversions", None)
 
 
 def base_class(model: nn.Module) -> type:

