@@ -32,8 +32,34 @@ def test_a_duplicated_neuron_is_found_redundant():
     measures = measure_redundancy(model, adapter, _examples())
     assert measures[1].max_cosine[3] > 0.999 and measures[1].max_cosine[7] > 0.999
     summary = summarise(measures, threshold=0.8)
-    assert summary["layers"][1]["redundant"] >= 2
+    # The authors count a similar pair once (neuron 3, whose later twin is 7); the strict count both.
+    assert measures[1].max_cosine_later[3] > 0.999 and measures[1].max_cosine_later[7] < 0.999
+    layer = summary["layers"][1]
+    assert layer["redundant_strict"] == layer["redundant"] + 1
+    assert layer["uniqueness"] > layer["uniqueness_strict"]
     assert measures[1].r_squared[3] > 0.999  # its twin reconstructs it exactly
+
+
+def test_gum_statistics_stay_exact_and_finite_under_fp16_autocast():
+    """Under fp16 autocast a 2,048-token H^T H overflows (65,504) at activation RMS ~5.7; the hook folds in fp32."""
+    from ffnprune.pruning.statistics import ActivationStatistics
+
+    model = tiny_model("gpt_neox")
+    adapter = adapter_for(model.config)
+    statistics = ActivationStatistics(model, adapter, beta=0.5)
+    activations = 10 * torch.randn(2, 1024, 96, generator=torch.Generator().manual_seed(0))
+    output = adapter.output_projection(adapter.decoder_layers(model)[0])
+    with torch.autocast("cpu", dtype=torch.float16):
+        output(activations)
+    statistics.update()
+    flat = activations.reshape(-1, 96)
+    assert torch.isfinite(statistics.gram[0]).all()
+    assert torch.allclose(statistics.gram[0], 0.5 * flat.T @ flat, rtol=1e-3)
+    assert statistics.uniqueness_penalty(0.5)[0].min() > 0
+    statistics.gram[0][0, 0] = float("inf")
+    with pytest.raises(FfnpruneError, match="layer 0 are not finite"):
+        statistics.uniqueness_penalty(0.5)
+    statistics.detach()
 
 
 def test_orthogonal_activations_are_unique_and_independent_ones_not_in_each_others_span():

@@ -64,10 +64,19 @@ def test_prune_saves_a_model_with_metadata_and_tokenizer(capsys, dense_dir, tmp_
     (["--keep", "0"], "out of range"),
     (["--method", "nope"], "known methods: random, magnitude"),
     (["--steps", "1"], "too few for the schedule"),
-    (["--steps", "-1"], "must be 0"),
+    (["--steps", "-1"], "--steps '-1': input should be greater than or equal to 0"),
+    (["--steps", "2.7"], "--steps '2.7': input should be a valid integer"),
+    (["--method", "soft-movement", "--steps", "10", "--soft-threshold", "1"], "--soft-threshold '1': input should "
+                                                                              "be less than 1"),
+    (["--method", "gum", "--mu", "1", "--steps", "10", "--beta", "0"], "--beta '0': input should be greater than 0"),
+    (["--distill", "--steps", "10", "--temperature", "0"], "--temperature '0': input should be greater than 0"),
+    (["--lambda", "-1"], "--lambda '-1': input should be greater than or equal to 0"),
+    (["--mixed-precision", "fp8"], "--mixed-precision 'fp8': input should be 'no', 'fp16' or 'bf16'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
     (["--method", "gum", "--steps", "0"], "needs --mu"),
     (["--method", "movement", "--steps", "0"], "give --steps N"),
-    (["--method", "gum", "--mu", "1", "--steps", "10", "--gum-tokens", "0"], "--gum-tokens 0 must be"),
+    (["--method", "gum", "--mu", "1", "--steps", "10", "--gum-tokens", "0"], "--gum-tokens '0': input should be "
+                                                                             "greater than or equal to 1"),
 ])
 def test_prune_bad_options_exit_2_with_the_fix(capsys, dense_dir, tmp_path, argv, message):
     code, _, err = run(capsys, "prune", dense_dir, "--out", tmp_path / "x", *argv)

@@ -115,20 +115,50 @@ def test_anti_gum_reverses_the_multiplier():
     assert anti[1] == 1.0 and gum[1] == gum.max()  # the most redundant neuron: strongest pull in GUM, weakest in anti
 
 
-def test_penalty_is_the_mean_weighted_sigmoid_per_layer():
+def test_penalty_is_the_mean_weighted_sigmoid_per_layer_over_3l():
+    """The authors' normalisation: 1 / (3L), L the number of layers."""
     scores = [torch.tensor([0.0, 1.0]), torch.tensor([-2.0])]
     weights = [torch.tensor([1.0, 3.0]), torch.tensor([2.0])]
-    by_hand = ((0.5 + 3 * torch.sigmoid(torch.tensor(1.0))) / 2 + 2 * torch.sigmoid(torch.tensor(-2.0))) / 2
+    by_hand = ((0.5 + 3 * torch.sigmoid(torch.tensor(1.0))) / 2 + 2 * torch.sigmoid(torch.tensor(-2.0))) / (3 * 2)
     assert torch.allclose(score_penalty(scores, weights), by_hand)
 
 
-def test_penalty_weight_lambda_t_follows_v_t():
+def test_penalty_weight_follows_v_t_for_gum_and_the_threshold_for_soft_movement():
     model = tiny_model("llama")
-    pruner = FinePruner(model, adapter_for(model.config), get_method("soft-movement"), CubicSchedule(100, 0.25),
-                        PenaltySettings(weight=2.0))
-    assert pruner.penalty_weight == pytest.approx(2.0 / 0.25)
-    pruner.step = 100
-    assert pruner.penalty_weight == pytest.approx(2.0)
+    adapter = adapter_for(model.config)
+    schedule = CubicSchedule(100, 0.25)
+    gum = FinePruner(model, adapter, get_method("gum"), schedule, PenaltySettings(weight=2.0, mu=1.0))
+    assert gum.penalty_weight == pytest.approx(2.0 / 0.25)
+    gum.step = 100
+    assert gum.penalty_weight == pytest.approx(2.0)
+    gum.detach()
+    soft = FinePruner(model, adapter, get_method("soft-movement"), schedule, PenaltySettings(weight=2.0))
+    assert soft.penalty_weight == 0.0  # dense warm-up: no pull yet
+    soft.step = 40
+    assert soft.penalty_weight == pytest.approx(2.0 * schedule.threshold(40, 0.1) / 0.1)
+    soft.step = 100
+    assert soft.penalty_weight == pytest.approx(2.0)
+
+
+def test_soft_movement_ends_at_the_requested_density_when_every_score_drifts_down():
+    """The L1 pull drags all scores below the threshold together; the authors' per-layer minimum keeps
+    int(v_f * N_l) + 1 neurons of every layer (the highest scores), not 1% of them."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model.config)
+    schedule = CubicSchedule(200, 0.25)
+    pruner = FinePruner(model, adapter, get_method("soft-movement"), schedule, PenaltySettings(weight=2.0))
+    optimizer = torch.optim.AdamW(pruner.trainable_scores(), lr=0.1, weight_decay=0.0)
+    with torch.no_grad():
+        for layer_scores in pruner.scores.layers():
+            layer_scores.copy_(torch.randn(layer_scores.shape, generator=torch.Generator().manual_seed(0)) * 0.01)
+    for _ in range(schedule.total_steps):
+        pruner.before_forward()
+        pruner.penalty().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.after_optimizer_step()
+    assert max(torch.sigmoid(s).max() for s in pruner.scores.layers()) < 0.1  # everything fell below tau_f
+    assert [len(k) for k in pruner.kept()] == [int(0.25 * 80) + 1] * 4
 
 
 def test_statistics_exclude_pad_tokens_and_follow_the_running_average():
@@ -240,6 +270,11 @@ def test_distillation_loss_is_t_squared_kl_over_labelled_tokens():
                       reduction="sum") for b, t in rows) / len(rows)
     assert torch.allclose(distillation_loss(student, teacher, labels, temperature), temperature**2 * kl)
     assert distillation_loss(teacher, teacher, labels, temperature).abs() < 1e-6
+    # The authors' reduction: kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") over every position.
+    authors = F.kl_div(F.log_softmax(student / temperature, -1), F.softmax(teacher / temperature, -1),
+                       reduction="batchmean")
+    assert torch.allclose(distillation_loss(student, teacher, labels, temperature, "authors"),
+                          temperature**2 * authors)
 
 
 def test_soft_movement_keeps_scores_whose_sigmoid_passes_the_scheduled_threshold():

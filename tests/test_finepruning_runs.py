@@ -112,7 +112,7 @@ def test_run_killed_and_resumed_ends_as_the_uninterrupted_run(tiny_dirs, data_di
 
     resumed = _run_cli(["prune", "--resume", str(workdir)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stderr
 
     first, second = read_metadata(tmp_path / "whole"), read_metadata(tmp_path / "resumed")
     assert first["kept_neurons"] == second["kept_neurons"]
@@ -137,11 +137,47 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dirs, data_dir, 
 
     monkeypatch.setattr(loop, "causal_lm_loss", loss_that_breaks)
     out = tmp_path / "nan"
-    with pytest.raises(FfnpruneError, match=r"loss became nan at step 7.*checkpoint \(step 6\)"):
+    # The loss at step 7 ran on the weights of update 6: the checkpoint of step 6 may hold the damage, so the one
+    # of step 4 becomes the one --resume takes.
+    with pytest.raises(FfnpruneError, match=r"loss became nan at step 7.*checkpoint of step 4.*--resume .* --lr"):
         prune(config(tiny_dirs["llama"], out, data_dir, method="movement", checkpoint_every=2), say=lambda *a: None)
     assert not out.exists()
     checkpoint = work_dir(out) / "checkpoint"
-    assert json.loads((checkpoint / "trainer.json").read_text())["step"] == 6
+    assert json.loads((checkpoint / "trainer.json").read_text())["step"] == 4
+
+
+def _interrupt_after_checkpoint(monkeypatch, at_step: int) -> None:
+    import ffnprune.training.loop as loop
+
+    original = loop.save_checkpoint
+
+    def save_then_stop(directory, model, pruner, optimizer, scheduler, step):
+        original(directory, model, pruner, optimizer, scheduler, step)
+        if step == at_step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+
+
+def test_resume_honours_a_new_learning_rate_and_records_it(tiny_dirs, data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "lr"
+    args = ["prune", str(tiny_dirs["llama"]), "--method", "movement", "--keep", "0.5", "--steps", "8",
+            "--context", "32", "--batch-size", "2", "--checkpoint-every", "4", "--lr", "1e-3",
+            "--data", str(data_dir), "--out", str(out)]
+    _interrupt_after_checkpoint(monkeypatch, 4)
+    assert main(args) == 130
+    workdir = work_dir(out)
+    assert f"--resume {workdir}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["prune", "--resume", str(workdir), "--keep", "0.25"]) == 2  # what the run is cannot change
+    assert "--keep (0.5 -> 0.25)" in capsys.readouterr().err
+    assert main(["prune", "--resume", str(workdir), "--lr", "1e-4"]) == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    # Linear decay after a 10% warm-up (1 step of 8): the LR after step t is peak * (8 - t) / 7.
+    assert log[3]["lr"] == pytest.approx(1e-3 * 4 / 7) and log[4]["lr"] == pytest.approx(1e-4 * 3 / 7)
+    metadata = read_metadata(out)
+    assert metadata["hyperparameters"]["lr"] == 1e-4
+    assert metadata["training"]["resumed"] == [{"from_step": 4, "changed": {"lr": [1e-3, 1e-4]}}]
 
 
 def test_mu_for_a_method_that_ignores_it_warns(tiny_dirs, data_dir, tmp_path):

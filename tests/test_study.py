@@ -78,7 +78,7 @@ def test_study_runs_every_cell_once_and_tabulates(capsys, tiny_model_dir, data_d
     (results / "cells" / "wikitext-random-k0.25-nokd-s0.json").unlink()
     capsys.readouterr()
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("done, skipped") == 4 and "wikitext-random-k0.25-nokd-s0\n" in out
     assert len(json.loads((results / "results.json").read_text())) == 6
 

@@ -227,10 +227,13 @@ def test_evaluate_wikitext_reports_block_and_sliding_window_perplexity(capsys, t
     out = tmp_path / "wt.json"
     code = main(["evaluate", str(tiny_dir), "--task", "wikitext", "--data", str(data_dir), "--max-tokens", "1000",
                  "--context", "100", "--stride", "50", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # The tiny model has 64 positions: the context is clamped to them, with a notice, and recorded as used.
+    assert "--context 100 is longer than the model's 64 positions; using 64" in err
     result = json.loads(out.read_text())
-    assert result["protocol"]["sliding_window"] == {"context": 100, "stride": 50, "tokens_scored": 999}
-    assert result["protocol"]["block"]["tokens_scored"] == 10 * 99
+    assert result["protocol"]["sliding_window"] == {"context": 64, "stride": 50, "tokens_scored": 999}
+    assert result["protocol"]["block"]["tokens_scored"] == 15 * 63
     assert result["metrics"]["sliding_window_perplexity"] > 1
 
 
@@ -241,6 +244,11 @@ def test_prune_evaluates_the_pruned_model_on_request(capsys, tiny_dir, data_dir,
     assert code == 0, capsys.readouterr().err
     evaluation = json.loads((out / "pruning.json").read_text())["evaluation"]
     assert evaluation["task"] == "e2e" and evaluation["items"] == 2 and "bleu" in evaluation["metrics"]
+    # Generation pads and truncates on the left; the tokenizer saved beside the model must not keep that.
+    saved, source = (json.loads((d / "tokenizer.json").read_text()) for d in (out, tiny_dir))
+    assert saved["truncation"] == source["truncation"] and saved["padding"] == source["padding"]
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config.get("truncation_side", "right") == "right" and config.get("padding_side", "right") == "right"
 
 
 def test_fine_pruning_on_a_generation_task(tiny_dir, data_dir, tmp_path):

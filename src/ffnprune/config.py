@@ -1,20 +1,37 @@
 """Typed configuration shared by the CLI, YAML config files and the Python API.
 
 Each leaf field's metadata holds its command-line help. Flags and YAML keys are the leaf names (a trailing "_" is
-dropped: `lambda_` is `--lambda` and `lambda:`), flat, whatever group a field sits in.
+dropped: `lambda_` is `--lambda` and `lambda:`), flat, whatever group a field sits in. The classes are pydantic
+dataclasses: one validation for the command line, YAML and Python (types, ranges, choices; "false" is False, 2.7 is
+not a step count), so every option is checked before any model loads or any output exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import Annotated, Literal
 
+import pydantic
 import yaml
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ffnprune.errors import FfnpruneError
 from ffnprune.models import SMOLLM2_ALIAS
+
+dataclass = pydantic_dataclass(config=ConfigDict(extra="forbid"))
+
+Count = Annotated[int, Field(ge=1)]  # a whole number >= 1
+Steps = Annotated[int, Field(ge=0)]  # a whole number >= 0 (0 often means "never" or "none")
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, lt=1)]  # a share of the steps
+KeepFraction = Annotated[float, Field(gt=0, le=1)]
+Device = Literal["auto", "cpu", "cuda"]
+SavedDtype = Literal["float32", "bfloat16", "float16"]
 
 
 def option(default, help: str, **extra):
@@ -27,93 +44,104 @@ def group(cls):
 
 @dataclass
 class ScheduleConfig:
-    warmup_share: float = option(0.1, "share of steps kept dense before pruning starts")
-    cooldown_share: float = option(0.3, "share of steps trained at the final keep fraction at the end")
+    warmup_share: Share = option(0.1, "share of steps kept dense before pruning starts")
+    cooldown_share: Share = option(0.3, "share of steps trained at the final keep fraction at the end")
 
 
 @dataclass
 class PenaltyConfig:
-    lambda_: float = option(2.0, "penalty weight lambda (soft-movement, gum, anti-gum)")
-    mu: float = option(None, "GUM's uniqueness weight mu > 0 (gum, anti-gum; the paper sweeps 0.5-2)")
-    beta: float = option(0.999, "GUM's running-statistics rate beta")
-    soft_threshold: float = option(0.1, "soft movement's final sigmoid threshold")
-    gum_tokens: int = option(None, "GUM's statistics see at most N tokens per micro-batch, evenly strided (default: "
-                                   "all)")
-    gum_every: int = option(1, "GUM updates its statistics (and u) every N steps")
+    lambda_: NonNegative = option(2.0, "penalty weight lambda (soft-movement, gum, anti-gum)")
+    mu: Positive | None = option(None, "GUM's uniqueness weight mu > 0 (gum, anti-gum; the paper sweeps 0.5-2)")
+    beta: Annotated[float, Field(gt=0, le=1)] = option(0.999, "GUM's running-statistics rate beta, in (0, 1]")
+    soft_threshold: Annotated[float, Field(gt=0, lt=1)] = option(
+        0.1, "soft movement's final sigmoid threshold, in (0, 1)")
+    gum_tokens: Count | None = option(
+        None, "GUM's statistics see at most N tokens per micro-batch, evenly strided (default: all)")
+    gum_every: Count = option(1, "GUM updates its statistics (and u) every N steps")
 
 
 @dataclass
 class TrainingConfig:
-    lr: float = option(5e-4, "learning rate of the weights")
-    score_lr: float = option(1e-2, "learning rate of learned scores")
-    weight_decay: float = option(0.1, "AdamW weight decay (none on biases, norms, scores)")
-    adam_eps: float = option(1e-4, "AdamW epsilon")
-    lr_warmup: float = option(0.1, "share of steps of linear learning-rate warm-up")
-    clip: float = option(1.0, "gradient-norm clip")
-    batch_size: int = option(4, "sequences per micro-batch and process")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    context: int = option(512, "tokens per training sequence")
-    mixed_precision: str = option("no", "no, fp16 or bf16 (GPU)", choices=("no", "fp16", "bf16"))
-    eval_every: int = option(0, "evaluate at the current density every N steps (0: never)")
-    eval_tokens: int = option(8192, "tokens of the evaluation split used by periodic evaluation")
-    checkpoint_every: int = option(0, "write a resumable checkpoint every N steps (0: never)")
+    lr: Positive = option(5e-4, "learning rate of the weights")
+    score_lr: Positive = option(1e-2, "learning rate of learned scores")
+    weight_decay: NonNegative = option(0.1, "AdamW weight decay (none on biases, norms, scores)")
+    adam_eps: Positive = option(1e-4, "AdamW epsilon")
+    lr_warmup: Share = option(0.1, "share of steps of linear learning-rate warm-up")
+    clip: Positive = option(1.0, "gradient-norm clip")
+    batch_size: Count = option(4, "sequences per micro-batch and process")
+    grad_accum: Count = option(1, "micro-batches per optimizer step")
+    context: Count = option(512, "tokens per training sequence")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = option(
+        None, "no, fp16 or bf16 (GPU); default: what `accelerate config` / `accelerate launch` set, else no")
+    eval_every: Steps = option(0, "evaluate at the current density every N steps (0: never)")
+    eval_tokens: Count = option(8192, "tokens of the evaluation split used by periodic evaluation")
+    checkpoint_every: Steps = option(0, "write a resumable checkpoint every N steps (0: never)")
 
 
 @dataclass
 class DistillConfig:
     distill: bool = option(False, "distil from the dense model (loss = 0.5 CE + 0.5 T^2 KL)")
-    teacher: str = option(None, "teacher model (default: the model before pruning)")
-    temperature: float = option(2.0, "distillation temperature T")
+    teacher: str | None = option(None, "teacher model (default: the model before pruning)")
+    temperature: Positive = option(2.0, "distillation temperature T > 0")
+    distill_reduction: Literal["token", "authors"] = option(
+        "token", "KL averaged over the loss-carrying next-token positions (token), or as the authors' code: summed "
+                 "over every position, padding included, and divided by the batch size (authors; about sequence-length "
+                 "times stronger)")
 
 
 @dataclass
 class CalibrationConfig:
-    calibration_data: str = option(None, "text or JSONL file (one string or {'text': ...} per line) to calibrate on "
-                                         "(default: the task's --train-split)")
-    calibration_tokens: int = option(32768, "calibration tokens (calibrated criteria, reconstruction, --init-scores)")
-    calibration_context: int = option(512, "tokens per calibration sequence")
-    calibration_batch_size: int = option(8, "calibration sequences per forward pass")
-    calibration_device: str = option("auto", "where the layers visit, one at a time, during calibration: auto (the "
-                                             "GPU when there is one), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    calibration_inputs: str = option("pruned", "each layer is calibrated on the outputs of the already-pruned layers "
-                                               "before it (pruned), or of the dense model (dense: one forward per "
-                                               "layer instead of two)", choices=("pruned", "dense"))
-    calibration_target: str = option("dense", "what lstsq and obs reproduce: each layer's own dense output on the "
-                                             "pruned model's inputs (own), or the dense model's output of that layer "
-                                             "(dense: corrects the drift of earlier layers; one more forward per "
-                                             "layer)", choices=("own", "dense"))
-    reconstruct: str = option(None, "after one-shot selection: none, bias (FLAP) or lstsq (ridge refit of the kept "
-                                    "output columns and a bias); default lstsq for calibrated criteria, else none",
-                              choices=("none", "bias", "lstsq"))
-    damp: float = option(0.01, "damping of obs and lstsq, a share of the activation Gram's mean diagonal")
-    selection: str = option("uniform", "one-shot widths: uniform (every layer keeps --keep) or global (scores "
-                                       "standardised per layer, one cross-layer threshold, as FLAP)",
-                            choices=("uniform", "global"))
-    layer_keep: str = option(None, "one-shot keep fractions of chosen layers, overriding --keep: '0:1,-1:1' keeps the "
-                                   "first and last layers dense")
+    calibration_data: str | None = option(
+        None, "text or JSONL file (one string or {'text': ...} per line) to calibrate on (default: the task's "
+              "--train-split)")
+    calibration_tokens: Count = option(32768, "calibration tokens (calibrated criteria, reconstruction, --init-scores)")
+    calibration_context: Count = option(512, "tokens per calibration sequence")
+    calibration_batch_size: Count = option(8, "calibration sequences per forward pass")
+    calibration_device: Device = option("auto", "where the layers visit, one at a time, during calibration: auto (the "
+                                             "GPU when there is one), cpu or cuda")
+    calibration_inputs: Literal["pruned", "dense"] = option(
+        "pruned", "each layer is calibrated on the outputs of the already-pruned layers before it (pruned), or of the "
+                  "dense model (dense: one forward per layer instead of two)")
+    calibration_target: Literal["own", "dense"] = option(
+        "dense", "what lstsq and obs reproduce: each layer's own dense output on the pruned model's inputs (own), or "
+                 "the dense model's output of that layer (dense: corrects the drift of earlier layers; one more "
+                 "forward per layer)")
+    reconstruct: Literal["none", "bias", "lstsq"] | None = option(
+        None, "after one-shot selection: none, bias (FLAP) or lstsq (ridge refit of the kept output columns and a "
+              "bias); default lstsq for calibrated criteria, else none")
+    damp: Positive = option(0.01, "damping of obs and lstsq, a share of the activation Gram's mean diagonal")
+    selection: Literal["uniform", "global"] = option(
+        "uniform", "one-shot widths: uniform (every layer keeps --keep) or global (scores standardised per layer, one "
+                   "cross-layer threshold, as FLAP)")
+    layer_keep: str | None = option(
+        None, "one-shot keep fractions of chosen layers, overriding --keep: '0:1,-1:1' keeps the first and last "
+              "layers dense")
     init_scores: str = option("zeros", "learned methods start from zeros or from a calibrated criterion's "
                                        "standardised scores on the dense model (activation, wanda-sp, flap, obs)")
 
 
 @dataclass
 class PruneConfig:
-    model: str = option(None, "hub id, local model directory, .gguf file, or 'smollm2-135m'", positional=True)
-    out: str = option(None, "directory to write the pruned model to")
+    model: str | None = option(None, "hub id, local model directory, .gguf file, or 'smollm2-135m'", positional=True)
+    out: str | None = option(None, "directory to write the pruned model to")
     method: str = option("magnitude", "pruning method (ffnprune prune --help lists them)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
-    steps: int = option(0, "optimizer steps: fine-pruning for random, magnitude and the learned methods; recovery "
+    steps: Steps = option(0, "optimizer steps: fine-pruning for random, magnitude and the learned methods; recovery "
                            "(fine-tuning the one-shot pruned model) for calibrated criteria; 0: one-shot only")
-    round_to: int = option(1, "round each layer's kept width to a multiple of N (8, 64, 128: faster kernels)")
+    round_to: Count = option(1, "round each layer's kept width to a multiple of N (8, 64, 128: faster kernels)")
     seed: int = option(0, "random seed")
     task: str = option("wikitext", "task to fine-prune on")
-    data: str = option(None, "task data folder or file (default: ../shared/data)")
+    data: str | None = option(None, "task data folder or file (default: ../shared/data)")
     train_split: str = option("validation", "split to fine-prune on (offline, only validation and test exist)")
     eval_split: str = option("test", "split for periodic and final evaluation")
     loss_on_prompt: bool = option(False, "let prompt tokens carry the loss too (the authors' SAMSum variant)")
     strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
     evaluate: bool = option(False, "evaluate the pruned model on --eval-split at the end (ffnprune evaluate's metric)")
-    eval_limit: int = option(None, "with --evaluate: only the first N items of a generation task")
-    overwrite: bool = option(False, "replace --out if it exists")
+    eval_limit: Count | None = option(None, "with --evaluate: only the first N items of a generation task, or the "
+                                            "first N tokens of WikiText")
+    overwrite: bool = option(False, "replace --out if it is a model directory ffnprune wrote")
+    dtype: SavedDtype | None = option(None, "dtype of the saved weights: float32, bfloat16 or float16 (default: the "
+                                            "source checkpoint's, float32 for a GGUF source, which is dequantised)")
     schedule: ScheduleConfig = group(ScheduleConfig)
     penalty: PenaltyConfig = group(PenaltyConfig)
     training: TrainingConfig = group(TrainingConfig)
@@ -123,37 +151,39 @@ class PruneConfig:
 
 @dataclass
 class EvaluateConfig:
-    model: str = option(None, "hub id, model directory (pruned or not), .gguf file, or 'smollm2-135m'",
+    model: str | None = option(None, "hub id, model directory (pruned or not), .gguf file, or 'smollm2-135m'",
                         positional=True)
     task: str = option("wikitext", "wikitext, samsum, wikisql or e2e")
     split: str = option("test", "split to evaluate")
-    data: str = option(None, "task data folder or file (default: ../shared/data)")
-    out: str = option(None, "write the results JSON here")
-    limit: int = option(None, "evaluate the first N items only (generation tasks)")
+    data: str | None = option(None, "task data folder or file (default: ../shared/data)")
+    out: str | None = option(None, "write the results JSON here")
+    limit: Count | None = option(None, "evaluate the first N items only (generation tasks; WikiText: use "
+                                       "--max-tokens)")
     strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
-    num_beams: int = option(10, "beam-search width")
+    num_beams: Count = option(10, "beam-search width")
     length_penalty: float = option(0.9, "beam-search length penalty")
-    no_repeat_ngram_size: int = option(4, "never repeat an n-gram of this size")
-    max_new_tokens: int = option(None, "tokens generated at most (default: the task's)")
-    batch_size: int = option(8, "prompts or blocks per forward pass")
-    context: int = option(1024, "WikiText: tokens per block and window; generation tasks: teacher-forcing length")
-    stride: int = option(512, "WikiText: sliding-window stride")
-    max_tokens: int = option(None, "WikiText: evaluate the first N tokens only")
-    device: str = option("auto", "auto (the GPU when there is one), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    no_repeat_ngram_size: Steps = option(4, "never repeat an n-gram of this size")
+    max_new_tokens: Count | None = option(None, "tokens generated at most (default: the task's)")
+    batch_size: Count = option(8, "prompts or blocks per forward pass")
+    context: Count = option(1024, "WikiText: tokens per block and window (at most the model's positions); "
+                                      "generation tasks: teacher-forcing length")
+    stride: Count = option(512, "WikiText: sliding-window stride")
+    max_tokens: Count | None = option(None, "WikiText: evaluate the first N tokens only")
+    device: Device = option("auto", "auto (the GPU when there is one), cpu or cuda")
 
 
 @dataclass
 class AnalyzeConfig:
-    model: str = option(None, "model (dense or pruned) to analyse", positional=True)
-    out: str = option(None, "directory for redundancy.json, neurons.safetensors and the plots")
+    model: str | None = option(None, "model (dense or pruned) to analyse", positional=True)
+    out: str | None = option(None, "directory for redundancy.json, neurons.safetensors and the plots")
     task: str = option("wikitext", "task whose data the measures run on")
     split: str = option("test", "split of the task")
-    data: str = option(None, "task data folder or file (default: ../shared/data)")
-    max_tokens: int = option(16384, "tokens of data (WikiText), or about that many for generation tasks")
-    context: int = option(512, "tokens per sequence")
-    batch_size: int = option(4, "sequences per forward and backward pass")
-    threshold: float = option(0.8, "cosine at which a neuron counts as redundant")
-    device: str = option("auto", "auto (the GPU when there is one), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    data: str | None = option(None, "task data folder or file (default: ../shared/data)")
+    max_tokens: Count = option(16384, "tokens of data (WikiText), or about that many for generation tasks")
+    context: Count = option(512, "tokens per sequence")
+    batch_size: Count = option(4, "sequences per forward and backward pass")
+    threshold: KeepFraction = option(0.8, "cosine at which a neuron counts as redundant, in (0, 1]")
+    device: Device = option("auto", "auto (the GPU when there is one), cpu or cuda")
     overwrite: bool = option(False, "replace --out if it exists")
 
 
@@ -161,46 +191,46 @@ class AnalyzeConfig:
 class SpeedConfig:
     batch_sizes: str = option("1,8", "timed batch sizes, comma-separated")
     prompt_lengths: str = option("128", "timed prompt lengths (prefill), comma-separated")
-    new_tokens: int = option(32, "tokens generated greedily on the KV cache after the prompt (decode)")
-    repeats: int = option(5, "timed rounds; medians are reported")
-    warmup: int = option(1, "untimed rounds first")
+    new_tokens: Count = option(32, "tokens generated greedily on the KV cache after the prompt (decode)")
+    repeats: Count = option(5, "timed rounds; medians are reported")
+    warmup: Steps = option(1, "untimed rounds first")
 
 
 @dataclass
 class TrainingBenchConfig:
-    model: str = option(None, "hub id, model directory, .gguf file or 'smollm2-135m'", positional=True)
+    model: str | None = option(None, "hub id, model directory, .gguf file or 'smollm2-135m'", positional=True)
     variants: str = option("fine-tuning,movement,global-movement,gum",
                            "what to time, comma-separated: fine-tuning (no pruning) or a method, with GUM's cost "
                            "options after colons (gum:tokens=128:every=4)")
-    data: str = option(None, "WikiText data folder or file (default: ../shared/data)")
-    keep: float = option(0.5, "final keep fraction of the pruning methods")
-    mu: float = option(1.0, "GUM's uniqueness weight")
-    batch_size: int = option(2, "sequences per step")
-    context: int = option(256, "tokens per sequence")
-    steps: int = option(6, "timed steps per variant and round")
-    warmup: int = option(2, "untimed steps first (the optimizer's state is allocated there)")
-    rounds: int = option(2, "rounds over all variants, each in a rotated order")
-    device: str = option("cpu", "where to run", choices=("cpu", "cuda"))
-    mixed_precision: str = option("no", "no or bf16 (GPU)", choices=("no", "bf16"))
-    out: str = option(None, "write the results JSON here")
+    data: str | None = option(None, "WikiText data folder or file (default: ../shared/data)")
+    keep: KeepFraction = option(0.5, "final keep fraction of the pruning methods")
+    mu: Positive = option(1.0, "GUM's uniqueness weight")
+    batch_size: Count = option(2, "sequences per step")
+    context: Count = option(256, "tokens per sequence")
+    steps: Count = option(6, "timed steps per variant and round")
+    warmup: Steps = option(2, "untimed steps first (the optimizer's state is allocated there)")
+    rounds: Count = option(2, "rounds over all variants, each in a rotated order")
+    device: Literal["cpu", "cuda"] = option("cpu", "where to run")
+    mixed_precision: Literal["no", "bf16"] = option("no", "no or bf16 (GPU)")
+    out: str | None = option(None, "write the results JSON here")
     seed: int = option(0, "random seed")
 
 
 @dataclass
 class DemoConfig:
     model: str = option(SMOLLM2_ALIAS, "model to prune")
-    data: str = option(None, "WikiText data folder or file (default: ../shared/data)")
+    data: str | None = option(None, "WikiText data folder or file (default: ../shared/data)")
     methods: str = option("obs,gum", "pruning methods to compare, comma-separated (calibrated ones prune in one "
                                      "shot, then recover for --steps)")
-    keep: float = option(0.5, "fraction of MLP neurons kept")
-    steps: int = option(40, "fine-pruning (or recovery) steps per method on WikiText validation (0: one-shot)")
-    recovery_lr: float = option(2e-4, "learning rate of the recovery after one-shot pruning")
-    mu: float = option(1.0, "GUM's uniqueness weight (gum, anti-gum)")
-    train_context: int = option(256, "tokens per training sequence")
-    train_batch_size: int = option(2, "training sequences per step")
-    context: int = option(512, "tokens per perplexity block")
-    max_tokens: int = option(16384, "WikiText test tokens to evaluate (0: all)")
-    batch_size: int = option(4, "blocks per evaluation forward pass")
+    keep: KeepFraction = option(0.5, "fraction of MLP neurons kept")
+    steps: Steps = option(40, "fine-pruning (or recovery) steps per method on WikiText validation (0: one-shot)")
+    recovery_lr: Positive = option(2e-4, "learning rate of the recovery after one-shot pruning")
+    mu: Positive = option(1.0, "GUM's uniqueness weight (gum, anti-gum)")
+    train_context: Count = option(256, "tokens per training sequence")
+    train_batch_size: Count = option(2, "training sequences per step")
+    context: Count = option(512, "tokens per perplexity block")
+    max_tokens: Steps = option(16384, "WikiText test tokens to evaluate (0: all)")
+    batch_size: Count = option(4, "blocks per evaluation forward pass")
     out: str = option("out/demo", "directory for the pruned models (replaced on each run) and results.json")
     seed: int = option(0, "random seed")
     speed: SpeedConfig = group(SpeedConfig)
@@ -208,11 +238,12 @@ class DemoConfig:
 
 @dataclass
 class BenchConfig:
-    dense: str = option(None, "the reference model: hub id, directory, .gguf file or 'smollm2-135m'", positional=True)
-    pruned: str = option(None, "the pruned model directory to compare with it", positional=True)
-    device: str = option("cpu", "where to run", choices=("cpu", "cuda"))
-    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
-    out: str = option(None, "write the results JSON here")
+    dense: str | None = option(
+        None, "the reference model: hub id, directory, .gguf file or 'smollm2-135m'", positional=True)
+    pruned: str | None = option(None, "the pruned model directory to compare with it", positional=True)
+    device: Literal["cpu", "cuda"] = option("cpu", "where to run")
+    dtype: SavedDtype = option("float32", "weights' dtype")
+    out: str | None = option(None, "write the results JSON here")
     seed: int = option(0, "seed of the random prompt tokens")
     speed: SpeedConfig = group(SpeedConfig)
 
@@ -255,24 +286,29 @@ def read_yaml(path: str | Path, config_class) -> dict:
     return values
 
 
-def build_config(config_class, values: dict):
-    """An instance of config_class from flat option values (missing ones keep their defaults)."""
+def _nested(config_class, values: dict) -> dict:
+    """Flat option values arranged as config_class's nested groups."""
     hints = typing.get_type_hints(config_class)
-    kwargs = {}
+    nested = {}
     for entry in dataclasses.fields(config_class):
         if entry.metadata.get("group"):
-            kwargs[entry.name] = build_config(hints[entry.name], values)
+            nested[entry.name] = _nested(hints[entry.name], values)
         elif key(entry) in values:
-            value = values[key(entry)]
-            kind = hints[entry.name]
-            if value is not None and kind in (int, float) and not isinstance(value, bool):
-                try:
-                    value = kind(value)
-                except ValueError:
-                    raise FfnpruneError(f"option {key(entry)}: {value!r} is not a{'n' if kind is int else ''} "
-                                        f"{kind.__name__}") from None
-            kwargs[entry.name] = value
-    return config_class(**kwargs)
+            nested[entry.name] = values[key(entry)]
+    return nested
+
+
+def build_config(config_class, values: dict):
+    """An instance of config_class from flat option values (missing ones keep their defaults), validated: a bad
+    value is an error naming the option, the value and what it must be."""
+    try:
+        return config_class(**_nested(config_class, values))
+    except pydantic.ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            name = str(problem["loc"][-1]).rstrip("_").replace("_", "-") if problem["loc"] else "?"
+            problems.append(f"--{name} {problem.get('input')!r}: {problem['msg'].lower()}")
+        raise FfnpruneError("; ".join(problems)) from None
 
 
 def to_flat_dict(config) -> dict:

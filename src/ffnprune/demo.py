@@ -15,6 +15,7 @@ from ffnprune.config import DemoConfig, PruneConfig, build_config, to_flat_dict
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
+from ffnprune.messages import say
 from ffnprune.metrics.perplexity import block_perplexity, token_ids
 from ffnprune.models import load_model
 from ffnprune.pipeline import prune
@@ -48,7 +49,7 @@ def _plan(method: str, steps: int) -> str:
     return f"fine-pruning for {steps} steps" if steps else "one-shot"
 
 
-def run_demo(config: DemoConfig, say=print) -> dict:
+def run_demo(config: DemoConfig, say=say) -> dict:
     check_keep(config.keep)
     methods = demo_methods(config)
     check_speed(config.speed)
@@ -100,7 +101,7 @@ def run_demo(config: DemoConfig, say=print) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / RESULTS, result)
-    say(_table(result))
+    print(_table(result), flush=True)
     return result
 
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import shutil
 import time
 import warnings
 from pathlib import Path
 
+import torch
 import yaml
 from accelerate import PartialState
 
 from ffnprune.benchmark.memory import PeakMemory
 from ffnprune.calibration import CalibrationData, calibration_data, check_calibration_file
-from ffnprune.config import EvaluateConfig, PruneConfig, to_flat_dict
+from ffnprune.config import EvaluateConfig, PruneConfig, key, read_yaml, to_flat_dict
 from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
-from ffnprune.io.atomic import check_output_dir
+from ffnprune.io.atomic import check_output_dir, write_json_atomic
 from ffnprune.io.pruned_dir import read_metadata, save_pruned
-from ffnprune.models import LoadedModel, load_model, pick_device
+from ffnprune.messages import say
+from ffnprune.models import LoadedModel, fit_context, load_model, pick_device
 from ffnprune.pruning.oneshot import (
     calibration_metadata,
     compact_with_metadata,
@@ -29,9 +33,11 @@ from ffnprune.pruning.oneshot import (
     prune_one_shot,
     reconstruction_mode,
 )
-from ffnprune.pruning.selection import check_keep, check_round_to
+from ffnprune.pruning.selection import check_keep
 from ffnprune.schedules import CubicSchedule
-from ffnprune.tasks import task_data_path, task_examples
+from ffnprune.tasks import get_task, task_data_path, task_examples
+from ffnprune.tasks.base import GenerationTask
+from ffnprune.training.checkpoint import resumable_checkpoint
 from ffnprune.training.hooks import PenaltySettings
 from ffnprune.training.loop import CHECKPOINT, LOG, train
 
@@ -51,9 +57,6 @@ def check_config(config: PruneConfig) -> Method:
         raise FfnpruneError("no --out given: name the directory to write the pruned model to")
     check_keep(config.keep)
     method = get_method(config.method)
-    check_round_to(config.round_to)
-    if not isinstance(config.steps, int) or config.steps < 0:
-        raise FfnpruneError(f"--steps {config.steps!r} must be 0 (one-shot) or a positive number of optimizer steps")
     mu = config.penalty.mu
     if method.uses_mu and (mu is None or mu <= 0):
         raise FfnpruneError(f"method {method.name} needs --mu > 0, the weight of uniqueness in its penalty "
@@ -61,14 +64,31 @@ def check_config(config: PruneConfig) -> Method:
     if method.learned and config.steps == 0:
         raise FfnpruneError(f"method {method.name!r} learns its scores while fine-tuning: give --steps N (N > 0), or "
                             f"prune in one shot with {', '.join(CALIBRATED)}, random or magnitude")
-    for name, value in (("gum-tokens", config.penalty.gum_tokens), ("gum-every", config.penalty.gum_every)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise FfnpruneError(f"--{name} {value!r} must be a whole number >= 1")
     if mu is not None and not method.uses_mu:
         warnings.warn(f"--mu {mu} is ignored by method {method.name}: only gum and anti-gum use it",
                       FfnpruneWarning, stacklevel=2)
+    if config.steps == 0:
+        unused = [name for group in (config.training, config.penalty, config.schedule, config.distill)
+                  for name in _changed_options(group) if name != "mu"]
+        if unused:
+            raise FfnpruneError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to training, and "
+                                "--steps 0 trains nothing; give --steps N, or drop them")
+    if config.eval_limit is not None and not config.evaluate:
+        raise FfnpruneError("--eval-limit limits the final evaluation; add --evaluate, or drop it")
     check_calibration_options(config, method)
+    if config.steps > 0:  # the data fine-pruning reads, found before any model loads or OUT.work exists
+        task_data_path(config.task, config.data, config.train_split)
+        if config.training.eval_every:
+            task_data_path(config.task, config.data, config.eval_split)
+    if config.evaluate:
+        task_data_path(config.task, config.data, config.eval_split)
     return method
+
+
+def _changed_options(group) -> list[str]:
+    """The flags of a config group whose values differ from their defaults."""
+    return ["--" + key(entry).replace("_", "-") for entry in dataclasses.fields(group)
+            if getattr(group, entry.name) != entry.default]
 
 
 def one_shot(method: Method, steps: int) -> bool:
@@ -79,13 +99,6 @@ def one_shot(method: Method, steps: int) -> bool:
 def check_calibration_options(config: PruneConfig, method: Method) -> None:
     """Every calibration option is checked, and the calibration data found, before any model is loaded."""
     settings = config.calibration
-    for name, value in (("calibration-tokens", settings.calibration_tokens),
-                        ("calibration-context", settings.calibration_context),
-                        ("calibration-batch-size", settings.calibration_batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise FfnpruneError(f"--{name} {value!r} must be a whole number >= 1")
-    if not isinstance(settings.damp, (int, float)) or not 0 < settings.damp < float("inf"):
-        raise FfnpruneError(f"--damp {settings.damp!r} must be a positive number (0.01 is the usual damping)")
     if settings.init_scores != "zeros" and settings.init_scores not in CALIBRATED:
         raise FfnpruneError(f"--init-scores {settings.init_scores!r}: use zeros or one of {', '.join(CALIBRATED)}")
     if settings.init_scores != "zeros" and not method.learned:
@@ -108,7 +121,7 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
             task_data_path(config.task, config.data, config.train_split)
 
 
-def prune(config: PruneConfig, resume: str | Path | None = None, say=print) -> Path:
+def prune(config: PruneConfig, resume: str | Path | None = None, say=say) -> Path:
     """Prune as configured; with `resume`, continue the fine-pruning or recovery run whose work directory it names."""
     method = check_config(config)
     if config.steps == 0:
@@ -116,20 +129,42 @@ def prune(config: PruneConfig, resume: str | Path | None = None, say=print) -> P
             raise FfnpruneError("--resume continues a fine-pruning run; one-shot pruning (--steps 0) has nothing to "
                                 "resume")
         check_output_dir(config.out, config.overwrite)
+        say(f"loading {config.model} ...")
         loaded = load_model(config.model)
         metadata = prune_once(loaded, config, method, say)
+        metadata["saved_dtype"] = round_to_saved_dtype(loaded, config)
         metadata["evaluation"] = final_evaluation(config, loaded, say)
-        return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite)
+        return save_in_dtype(loaded, config.out, metadata, metadata["saved_dtype"], overwrite=config.overwrite)
     return fine_prune(config, method, Path(resume) if resume else None, say)
 
 
-def load_calibration(config: PruneConfig, loaded: LoadedModel, say=print) -> CalibrationData:
+def saved_dtype(loaded: LoadedModel, config: PruneConfig) -> str:
+    """--dtype, else the source checkpoint's dtype, else bfloat16 (a GGUF source: its weights were quantised, and
+    float32 would quadruple them on disk for nothing)."""
+    return config.dtype or loaded.source_dtype or "bfloat16"
+
+
+def round_to_saved_dtype(loaded: LoadedModel, config: PruneConfig) -> str:
+    """Round the weights to the dtype they will be saved in (computing stays float32), so that what --evaluate
+    measures is exactly what is saved; returns the dtype's name."""
+    name = saved_dtype(loaded, config)
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.copy_(parameter.to(getattr(torch, name)))
+    return name
+
+
+def save_in_dtype(loaded: LoadedModel, out, metadata: dict, dtype: str, **kwargs) -> Path:
+    loaded.model.to(getattr(torch, dtype))
+    try:
+        return save_pruned(loaded.model, loaded.tokenizer, out, metadata, **kwargs)
+    finally:
+        loaded.model.float()
+
+
+def load_calibration(config: PruneConfig, loaded: LoadedModel, say=say) -> CalibrationData:
     settings = config.calibration
-    context = settings.calibration_context
-    positions = getattr(loaded.model.config, "max_position_embeddings", None)
-    if positions and context > positions:
-        say(f"--calibration-context {context} is longer than the model's {positions} positions; using {positions}")
-        context = positions
+    context = fit_context(loaded.model, settings.calibration_context, "--calibration-context")
     return calibration_data(loaded.tokenizer, tokens=settings.calibration_tokens, context=context,
                             seed=config.seed, file=settings.calibration_data, task=config.task, data=config.data,
                             split=config.train_split, strict=config.strict)
@@ -142,7 +177,7 @@ def _layer_progress(say, what: str):
     return progress
 
 
-def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=print) -> dict:
+def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say) -> dict:
     """One-shot: calibrate if the criterion or reconstruction needs it, select, reconstruct, compact in place;
     returns the metadata."""
     settings = config.calibration
@@ -168,17 +203,22 @@ def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=pri
                                  parameters_before=parameters_before, one_shot=one_shot)
 
 
-def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=print) -> dict | None:
+def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=say) -> dict | None:
     """With --evaluate, the compacted model on the evaluation split, as `ffnprune evaluate` would score it."""
     if not config.evaluate:
         return None
     say(f"evaluating the pruned model on {config.task} {config.eval_split} ...")
+    generation = isinstance(get_task(config.task), GenerationTask)
     settings = EvaluateConfig(model=config.model, task=config.task, split=config.eval_split, data=config.data,
-                              limit=config.eval_limit, strict=config.strict)
-    return evaluate_model(loaded.model, loaded.tokenizer, settings)
+                              limit=config.eval_limit if generation else None,
+                              max_tokens=None if generation else config.eval_limit, strict=config.strict)
+    result = evaluate_model(loaded.model, loaded.tokenizer, settings)
+    say("evaluation: " + ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+                                   for name, value in result["metrics"].items() if name != "implementation"))
+    return result
 
 
-def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=print) -> Path:
+def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say) -> Path:
     """Gradual fine-pruning on the cubic schedule, or, for calibrated criteria, one-shot pruning then recovery."""
     recovering = method.calibrated
     schedule = CubicSchedule(config.steps, 1.0 if recovering else config.keep, config.schedule.warmup_share,
@@ -197,9 +237,12 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
             say(f"checkpoints and log in {workdir}")
     else:
         workdir = resume
-        if not (workdir / CHECKPOINT / "trainer.json").is_file():
+        if resumable_checkpoint(workdir / CHECKPOINT) is None:
             raise FfnpruneError(f"{workdir} holds no checkpoint to resume (expected {workdir / CHECKPOINT}); "
                                 "give the work directory a run printed at its start")
+        changes = check_resumed_options(config, workdir)
+        if state.is_main_process and changes:
+            _record_resume(workdir, config, changes, say)
     state.wait_for_everyone()
 
     loaded = load_model(config.model)
@@ -228,7 +271,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
     protocol = {"task": config.task, "data": str(config.data or "default (../shared/data)"),
                 "train_split": config.train_split, "eval_split": config.eval_split, "context": length,
                 "train_examples": len(train_examples)}
-    training = {"final_loss": outcome.final_loss, "log": LOG,
+    training = {"final_loss": outcome.final_loss, "log": LOG, "resumed": read_resumes(workdir),
                 "kind": "recovery after one-shot pruning" if recovering else "fine-pruning",
                 "distilled": teacher is not None, "init_scores": config.calibration.init_scores}
     if recovering:
@@ -238,17 +281,57 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=pri
     else:
         metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
                                          hyperparameters=to_flat_dict(config), training=training)
+    metadata["saved_dtype"] = round_to_saved_dtype(loaded, config)
     metadata["evaluation"] = final_evaluation(config, loaded, say) if state.is_main_process else None
     out = Path(config.out)
     if state.is_main_process:
-        save_pruned(loaded.model, loaded.tokenizer, out, metadata, overwrite=config.overwrite,
-                    extra_files={LOG: outcome.log})
+        save_in_dtype(loaded, out, metadata, metadata["saved_dtype"], overwrite=config.overwrite,
+                      extra_files={LOG: outcome.log})
         shutil.rmtree(workdir, ignore_errors=True)
     state.wait_for_everyone()
     return out
 
 
 ONE_SHOT_DIR = "one-shot"
+RESUMES = "resumes.json"
+# What a resumed run may change: how it learns from here on and what it reports, not what it is.
+CHANGEABLE_ON_RESUME = ("lr", "score_lr", "weight_decay", "adam_eps", "clip", "eval_every", "eval_tokens",
+                        "checkpoint_every", "evaluate", "eval_limit", "overwrite", "mixed_precision",
+                        "calibration_device", "dtype")
+
+
+def check_resumed_options(config: PruneConfig, workdir: Path) -> dict:
+    """The options that differ from the run's run.yaml: those that would change what the run is are refused;
+    returns the others, {name: [before, now]}."""
+    recorded = read_yaml(workdir / RUN_CONFIG, PruneConfig)
+    changes = {name: [recorded.get(name), value] for name, value in to_flat_dict(config).items()
+               if recorded.get(name) != value}
+    refused = {name: change for name, change in changes.items() if name not in CHANGEABLE_ON_RESUME}
+    if refused:
+        listed = ", ".join(f"--{n.replace('_', '-')} ({a!r} -> {b!r})" for n, (a, b) in refused.items())
+        raise FfnpruneError(f"--resume continues the run as it was started; these options differ from its "
+                            f"{workdir / RUN_CONFIG}: {listed}. A resumed run may change only "
+                            f"{', '.join('--' + n.replace('_', '-') for n in CHANGEABLE_ON_RESUME)}; start a new "
+                            "run (another --out) to change the rest")
+    return changes
+
+
+def _record_resume(workdir: Path, config: PruneConfig, changes: dict, say) -> None:
+    """Provenance stays true: run.yaml holds the options now in force, resumes.json when each changed."""
+    from ffnprune.training.checkpoint import checkpoint_step
+
+    history_path = workdir / RESUMES
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    step = checkpoint_step(resumable_checkpoint(workdir / CHECKPOINT))
+    history.append({"from_step": step, "changed": changes})
+    write_json_atomic(history_path, history)
+    (workdir / RUN_CONFIG).write_text(yaml.safe_dump(to_flat_dict(config), sort_keys=False))
+    say(f"resuming at step {step} with " + ", ".join(f"{n} {a!r} -> {b!r}" for n, (a, b) in changes.items()))
+
+
+def read_resumes(workdir: Path) -> list:
+    path = workdir / RESUMES
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _one_shot_before_recovery(loaded: LoadedModel, config: PruneConfig, method: Method, workdir: Path,
@@ -264,7 +347,8 @@ def _one_shot_before_recovery(loaded: LoadedModel, config: PruneConfig, method: 
     elif not (saved / "config.json").is_file():
         raise FfnpruneError(f"{workdir} has no one-shot model ({saved}) to recover from; start the run again")
     pruned = load_model(str(saved))
-    return LoadedModel(pruned.model, pruned.tokenizer, pruned.adapter, loaded.source, loaded.location), \
+    return LoadedModel(pruned.model, pruned.tokenizer, pruned.adapter, loaded.source, loaded.location,
+                       loaded.source_dtype), \
         read_metadata(saved)
 
 

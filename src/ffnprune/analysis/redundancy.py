@@ -2,8 +2,10 @@
 
 - Sensitivity: mean over batches of |sum over the neuron's parameters of theta * dL/dtheta| (input rows with their
   bias, output column): the first-order loss change of removing the neuron.
-- Uniqueness: cosine similarity C of neurons' activation vectors over the data (plain sums, pad tokens excluded);
-  a neuron is redundant when another of its layer reaches C >= threshold; uniqueness = 1 - redundant / kept.
+- Uniqueness: cosine similarity C of neurons' activation vectors over the data (plain sums, pad tokens excluded).
+  As the authors count (the paper's figure): neuron i is redundant when a later neuron j > i of its layer reaches
+  C_ij >= threshold, so one neuron of each similar pair stays; uniqueness = 1 - redundant / kept. The strict count
+  (every neuron with any partner at C >= threshold, both of a pair) is reported beside it.
 - Linear span: R^2 of each neuron's activations reconstructed linearly (with an intercept) from the others of its
   layer, in closed form: R^2_i = 1 - 1 / (S_ii (S^-1)_ii), S the activations' covariance.
 One forward and backward pass per batch serves all three; memory stays at one N x N matrix per layer.
@@ -18,6 +20,7 @@ from torch import nn
 
 from ffnprune.adapters import MlpAdapter
 from ffnprune.errors import FfnpruneError
+from ffnprune.messages import progress_bar
 from ffnprune.metrics.perplexity import causal_lm_loss
 from ffnprune.pruning.statistics import ActivationStatistics
 from ffnprune.tasks.examples import IGNORE, Examples
@@ -27,6 +30,7 @@ from ffnprune.tasks.examples import IGNORE, Examples
 class LayerMeasures:
     sensitivity: torch.Tensor  # [N]
     max_cosine: torch.Tensor  # [N], highest cosine to another neuron of the layer
+    max_cosine_later: torch.Tensor  # [N], highest cosine to a later neuron j > i (-inf for the last)
     r_squared: torch.Tensor  # [N], NaN for a neuron whose activations never vary
     tokens: int
 
@@ -70,7 +74,7 @@ def measure_redundancy(model: nn.Module, adapter: MlpAdapter, examples: Examples
     sensitivity = [torch.zeros(w, device=device) for w in adapter.mlp_widths(model)]
     batches = range(0, len(examples), batch_size)
     try:
-        for done, start in enumerate(batches, start=1):
+        for done, start in enumerate(progress_bar(batches, desc="analysis"), start=1):
             rows = range(start, min(start + batch_size, len(examples)))
             batch = {k: v.to(device) for k, v in examples.batch(rows).items()}
             statistics.token_mask = batch["attention_mask"]
@@ -89,13 +93,15 @@ def measure_redundancy(model: nn.Module, adapter: MlpAdapter, examples: Examples
         width = sensitivity[index].numel()
         if width == 0 or statistics.gram[index] is None:
             empty = torch.zeros(0)
-            measures.append(LayerMeasures(empty, empty, empty, statistics.counts[index]))
+            measures.append(LayerMeasures(empty, empty, empty, empty, statistics.counts[index]))
             continue
         cosine = statistics.cosine(index)
         max_cosine = cosine.max(dim=1).values if width > 1 else torch.full((1,), float("nan"), device=device)
+        later = torch.ones_like(cosine, dtype=torch.bool).triu(diagonal=1)
         measures.append(LayerMeasures(
             sensitivity=(sensitivity[index] / len(batches)).cpu(),
             max_cosine=max_cosine.cpu(),
+            max_cosine_later=cosine.masked_fill(~later, float("-inf")).max(dim=1).values.cpu(),
             r_squared=linear_span_r_squared(statistics.gram[index], statistics.sums[index],
                                             statistics.counts[index]).cpu(),
             tokens=statistics.counts[index],
@@ -117,12 +123,14 @@ def summarise(measures: list[LayerMeasures], threshold: float) -> dict:
     layers = []
     for index, m in enumerate(measures):
         kept = m.sensitivity.numel()
-        redundant = int((m.max_cosine >= threshold).sum())
+        redundant = int((m.max_cosine_later >= threshold).sum())
+        strict = int((m.max_cosine >= threshold).sum())
         valid_r2 = m.r_squared[~torch.isnan(m.r_squared)]
         layers.append({
             "layer": index, "kept": kept, "tokens": m.tokens,
             "sensitivity_sum": float(m.sensitivity.sum()), "sensitivity": _distribution(m.sensitivity),
             "redundant": redundant, "uniqueness": 1 - redundant / kept if kept else None,
+            "redundant_strict": strict, "uniqueness_strict": 1 - strict / kept if kept else None,
             "max_cosine": _distribution(m.max_cosine),
             "r2_above_0.9": float((valid_r2 > 0.9).double().mean()) if valid_r2.numel() else None,
             "r2_above_0.99": float((valid_r2 > 0.99).double().mean()) if valid_r2.numel() else None,
@@ -136,6 +144,8 @@ def summarise(measures: list[LayerMeasures], threshold: float) -> dict:
         "sensitivity_sum": sum(layer["sensitivity_sum"] for layer in layers),
         "redundant": sum(layer["redundant"] for layer in layers),
         "uniqueness": 1 - sum(layer["redundant"] for layer in layers) / kept if kept else None,
+        "redundant_strict": sum(layer["redundant_strict"] for layer in layers),
+        "uniqueness_strict": 1 - sum(layer["redundant_strict"] for layer in layers) / kept if kept else None,
         "max_cosine": _distribution(torch.cat([m.max_cosine for m in measures])),
         "r2_above_0.9": float((all_r2 > 0.9).double().mean()) if all_r2.numel() else None,
         "r2_above_0.99": float((all_r2 > 0.99).double().mean()) if all_r2.numel() else None,

@@ -18,18 +18,22 @@ from ffnprune.config import AnalyzeConfig
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import atomic_directory, check_output_dir, write_json_atomic
 from ffnprune.io.pruned_dir import read_metadata
-from ffnprune.models import load_model
+from ffnprune.messages import say
+from ffnprune.models import fit_context, load_model
 from ffnprune.tasks import task_examples
 
 REPORT = "redundancy.json"
 NEURONS = "neurons.safetensors"
+NEURON_MEASURES = ("sensitivity", "max_cosine", "max_cosine_later", "r_squared")
 
 
-def analyze(config: AnalyzeConfig, say=print) -> Path:
+def analyze(config: AnalyzeConfig, say=say) -> Path:
     if not config.model or not config.out:
         raise FfnpruneError("analyze needs MODEL and --out (or --compare DIR... --out)")
     check_output_dir(config.out, config.overwrite)
+    say(f"loading {config.model} ...")
     loaded = load_model(config.model, device=config.device)
+    config = replace(config, context=fit_context(loaded.model, config.context))
     examples = task_examples(config.task, loaded.tokenizer, config.data, config.split, config.context,
                              config.max_tokens)
     examples = examples.head(max(1, config.max_tokens // config.context))
@@ -55,11 +59,12 @@ def analyze(config: AnalyzeConfig, say=print) -> Path:
     with atomic_directory(config.out, config.overwrite) as staging:
         write_json_atomic(staging / REPORT, report)
         save_file({f"{name}.{i}": getattr(m, name).contiguous() for i, m in enumerate(measures)
-                   for name in ("sensitivity", "max_cosine", "r_squared")}, str(staging / NEURONS))
+                   for name in NEURON_MEASURES}, str(staging / NEURONS))
         _plot(staging, {Path(config.model).name or config.model: (report, _load_neurons(staging, len(measures)))},
               config.threshold)
-    say(f"uniqueness {summary['model']['uniqueness']:.4f}, sensitivity sum {summary['model']['sensitivity_sum']:.4g}, "
-        f"R^2 > 0.9 for {summary['model']['r2_above_0.9']:.1%}; wrote {config.out}")
+    print(f"uniqueness {summary['model']['uniqueness']:.4f} (strict count "
+          f"{summary['model']['uniqueness_strict']:.4f}), sensitivity sum {summary['model']['sensitivity_sum']:.4g}, "
+          f"R^2 > 0.9 for {summary['model']['r2_above_0.9']:.1%}; wrote {config.out}", flush=True)
     return Path(config.out)
 
 
@@ -72,7 +77,7 @@ def _pruning_summary(location: str) -> dict:
 def _load_neurons(directory: Path, layers: int) -> dict[str, torch.Tensor]:
     tensors = load_file(str(directory / NEURONS))
     return {name: torch.cat([tensors[f"{name}.{i}"] for i in range(layers)])
-            for name in ("sensitivity", "max_cosine", "r_squared")}
+            for name in NEURON_MEASURES if f"{name}.0" in tensors}
 
 
 def _plot(directory: Path, models: dict[str, tuple[dict, dict]], threshold: float) -> None:
@@ -86,7 +91,7 @@ def _plot(directory: Path, models: dict[str, tuple[dict, dict]], threshold: floa
         plot_model_summary({n: r for n, (r, _) in models.items()}, directory / "model_summary.png")
 
 
-def compare(directories: list[str], config: AnalyzeConfig, say=print) -> Path:
+def compare(directories: list[str], config: AnalyzeConfig, say=say) -> Path:
     """Analyse every model directory that has no redundancy.json yet (into OUT/NAME), then compare all."""
     if not config.out:
         raise FfnpruneError("--compare needs --out, the directory for the table and plots")
@@ -111,16 +116,17 @@ def compare(directories: list[str], config: AnalyzeConfig, say=print) -> Path:
         write_json_atomic(staging / "comparison.json",
                           {n: {"pruning": r.get("pruning", {}), "model": r["model"]} for n, (r, _) in models.items()})
         _plot(staging, models, config.threshold)
-    say(table)
+    print(table, flush=True)
     return Path(config.out)
 
 
 def _table(models: dict[str, tuple[dict, dict]]) -> str:
-    lines = ["| model | method | keep | kept neurons | uniqueness | redundant | sensitivity sum | R^2 > 0.9 | "
-             "R^2 > 0.99 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | keep | kept neurons | uniqueness | redundant | uniqueness (strict) | "
+             "sensitivity sum | R^2 > 0.9 | R^2 > 0.99 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, (report, _) in models.items():
         m, p = report["model"], report.get("pruning", {})
         lines.append(f"| {name} | {p.get('method', 'dense')} | {p.get('keep', 1.0)} | {m['kept']:,} | "
-                     f"{m['uniqueness']:.4f} | {m['redundant']:,} | {m['sensitivity_sum']:.4g} | "
+                     f"{m['uniqueness']:.4f} | {m['redundant']:,} | {m.get('uniqueness_strict', float('nan')):.4f} | "
+                     f"{m['sensitivity_sum']:.4g} | "
                      f"{m['r2_above_0.9']:.3f} | {m['r2_above_0.99']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from ffnprune.benchmark.speed import compare_speed
 from ffnprune.config import BenchConfig, SpeedConfig
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
+from ffnprune.messages import say
 from ffnprune.models import LoadedModel, load_model, pick_device
 
 
@@ -109,7 +110,7 @@ def speed_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench(config: BenchConfig, say=print) -> dict:
+def run_bench(config: BenchConfig, say=say) -> dict:
     if not config.dense or not config.pruned:
         raise FfnpruneError("bench needs two models: DENSE (the reference) and PRUNED (a pruned directory)")
     device = pick_device(config.device)
@@ -120,7 +121,7 @@ def run_bench(config: BenchConfig, say=print) -> dict:
         models[f"{role}: {Path(spec).name or spec}"] = loaded
     result = {"models": {"dense": config.dense, "pruned": config.pruned}, "dtype": config.dtype,
               "machine": machine(device), **measure_speed(models, config.speed, config.seed)}
-    say(speed_table(result))
+    print(speed_table(result), flush=True)
     if config.out:
         write_json_atomic(config.out, result)
         say(f"wrote {config.out}")

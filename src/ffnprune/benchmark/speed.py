@@ -6,11 +6,13 @@ the run affects them alike; figures are medians over the repeats after warm-up r
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from ffnprune.benchmark.memory import PeakMemory
 from ffnprune.config import SpeedConfig
@@ -21,19 +23,25 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` (the old name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def _prefill_and_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """Seconds for the prompt's forward pass, then for `new_tokens` greedy steps on the KV cache."""
     device = prompt.device
+    # Our own cache object, filled in place, passed under the name this transformers version takes.
+    cache = {_cache_argument(model): DynamicCache(config=model.config)}
     _synchronize(device)
     started = time.perf_counter()
-    output = model(input_ids=prompt, use_cache=True)
+    output = model(input_ids=prompt, use_cache=True, **cache)
     _synchronize(device)
     prefilled = time.perf_counter()
-    cache, next_ids = output.past_key_values, output.logits[:, -1:].argmax(-1)
+    next_ids = output.logits[:, -1:].argmax(-1)
     for _ in range(new_tokens):
-        output = model(input_ids=next_ids, past_key_values=cache, use_cache=True)
-        cache, next_ids = output.past_key_values, output.logits[:, -1:].argmax(-1)
+        next_ids = model(input_ids=next_ids, use_cache=True, **cache).logits[:, -1:].argmax(-1)
     _synchronize(device)
     return prefilled - started, time.perf_counter() - prefilled
 

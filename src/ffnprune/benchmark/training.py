@@ -22,6 +22,7 @@ from ffnprune.config import TrainingBenchConfig
 from ffnprune.criteria import get_method
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
+from ffnprune.messages import say
 from ffnprune.metrics.perplexity import causal_lm_loss
 from ffnprune.models import LoadedModel, load_model, pick_device
 from ffnprune.schedules import CubicSchedule
@@ -109,7 +110,7 @@ def _run_variant(base: LoadedModel, variant: Variant, batches: list[dict], confi
     return times, peak
 
 
-def run_training_bench(config: TrainingBenchConfig, say=print) -> dict:
+def run_training_bench(config: TrainingBenchConfig, say=say) -> dict:
     if not config.model:
         raise FfnpruneError("no MODEL given: name a hub id, a model directory, a .gguf file or 'smollm2-135m'")
     if config.steps < 1 or config.warmup < 0 or config.rounds < 1:
@@ -150,7 +151,7 @@ def run_training_bench(config: TrainingBenchConfig, say=print) -> dict:
                          "what it held before the variant began")
               + " (measured in a pass of its own: model copy, training state, warm-up + 1 steps)",
               "machine": machine(device), "variants": rows}
-    say(training_table(result))
+    print(training_table(result), flush=True)
     if config.out:
         write_json_atomic(config.out, result)
         say(f"wrote {config.out}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
 from ffnprune.config import AnalyzeConfig, BenchConfig, DemoConfig, EvaluateConfig, PruneConfig, TrainingBenchConfig
 from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
+from ffnprune.messages import configure_cli_logging
 
 
 def _info(args) -> None:
@@ -44,10 +44,13 @@ def _prune(args) -> None:
 def _evaluate(args) -> None:
     from ffnprune.evaluation.run import evaluate
 
-    result = evaluate(config_from_args(EvaluateConfig, args))
-    metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["metrics"].items()
-               if k != "implementation"}
-    print(json.dumps({"task": result["task"], "split": result["split"], "metrics": metrics}, indent=2))
+    def show(result):
+        metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["metrics"].items()
+                   if k != "implementation"}
+        print(json.dumps({"task": result["task"], "split": result["split"], "metrics": metrics}, indent=2),
+              flush=True)
+
+    evaluate(config_from_args(EvaluateConfig, args), show=show)
 
 
 def _analyze(args) -> None:
@@ -94,11 +97,22 @@ def _demo(args) -> None:
     run_demo(config_from_args(DemoConfig, args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (unknown flag, missing value) in ffnprune's one error format, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"ffnprune: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ffnprune", description="Structured pruning of the MLP neurons of decoder-only language models."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="print only results, warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_parser = commands.add_parser
+    commands.add_parser = lambda *args, **kwargs: add_parser(*args, parents=[common], **kwargs)
 
     info = commands.add_parser("info", help="architecture, MLP widths, parameters and FLOPs of a model")
     info.add_argument("model", help="hub id, model directory (pruned or not), .gguf file, or 'smollm2-135m'")
@@ -162,29 +176,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_transformers() -> None:
-    """Our own messages say what happens; transformers' progress bars and load reports would drown them."""
-    import huggingface_hub
-    import transformers
+def _interrupted(args) -> None:
+    """Ctrl-C: say what was kept and how to go on."""
+    print("ffnprune: interrupted", file=sys.stderr)
+    out = getattr(args, "out", None)
+    if args.command == "prune" and out:
+        from ffnprune.pipeline import work_dir
+        from ffnprune.training.checkpoint import resumable_checkpoint
+        from ffnprune.training.loop import CHECKPOINT
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"ffnprune: warning: {message}", file=sys.stderr)
+        workdir = work_dir(out)
+        if resumable_checkpoint(workdir / CHECKPOINT):
+            print(f"ffnprune: continue from the last checkpoint with: ffnprune prune --resume {workdir}",
+                  file=sys.stderr)
+        else:
+            print("ffnprune: no checkpoint was written (--checkpoint-every N writes them); nothing was saved to "
+                  f"{out}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_transformers()
-    warnings.showwarning = _show_warning
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a malformed command line (already reported)
+        return stop.code
+    configure_cli_logging(args.quiet)
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     try:
         args.handler(args)
     except FfnpruneError as error:
         print(f"ffnprune: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        _interrupted(args)
+        return 130
     return 0
 
 

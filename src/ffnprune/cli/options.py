@@ -1,18 +1,33 @@
 """Command-line options mapped onto the typed configuration dataclasses (see ffnprune.config).
 
 Precedence: dataclass defaults < a YAML file (--config, or a resumed run's run.yaml) < flags on the command line.
+argparse only collects the strings; the config classes validate them (types, ranges, choices), the same way they
+validate YAML values and Python arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 
 from ffnprune.config import build_config, key, leaf_fields, read_yaml
 
 
+def _choices(kind) -> tuple[str, ...]:
+    """The allowed values of a Literal (or Optional Literal) type, else ()."""
+    if typing.get_origin(kind) is typing.Literal:
+        return typing.get_args(kind)
+    return tuple(choice for arg in typing.get_args(kind) for choice in _choices(arg))
+
+
+def _is_bool(kind) -> bool:
+    return kind is bool or bool in typing.get_args(kind)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
-    """One option per leaf field; fields of a nested section (schedule, penalty, ...) are listed under its name."""
+    """One option per leaf field (booleans also as --no-NAME); fields of a nested section (schedule, penalty, ...)
+    are listed under its name."""
     sections = {}
     for path, field, kind in leaf_fields(config_class):
         target = parser
@@ -20,15 +35,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
             target = sections.setdefault(path[0], parser.add_argument_group(f"{path[0]} options"))
         meta = field.metadata
         default = None if field.default is dataclasses.MISSING else field.default
-        shown = "" if default is None or kind is bool else f" (default: {default})"
+        choices = _choices(kind)
+        shown = f" [{'|'.join(choices)}]" if choices else ""
+        shown += "" if default is None or _is_bool(kind) else f" (default: {default})"
+        flag = "--" + key(field).replace("_", "-")
         if meta.get("positional"):
-            target.add_argument(key(field), type=kind, nargs="?", default=argparse.SUPPRESS, help=meta["help"])
-        elif kind is bool:
-            target.add_argument("--" + key(field).replace("_", "-"), dest=key(field), action="store_true",
+            target.add_argument(key(field), nargs="?", default=argparse.SUPPRESS, help=meta["help"])
+        elif _is_bool(kind):
+            target.add_argument(flag, dest=key(field), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=meta["help"])
         else:
-            target.add_argument("--" + key(field).replace("_", "-"), dest=key(field), type=kind,
-                                default=argparse.SUPPRESS, choices=meta.get("choices"), help=meta["help"] + shown)
+            target.add_argument(flag, dest=key(field), default=argparse.SUPPRESS, metavar=key(field).upper(),
+                                help=meta["help"] + shown)
 
 
 def given_options(config_class, args: argparse.Namespace) -> dict:

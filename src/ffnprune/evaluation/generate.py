@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,10 @@ class GenerationSettings:
 
 
 def _prepare_tokenizer(tokenizer):
+    """A copy set up for batched generation: padding and truncation on the left. The caller's tokenizer is left
+    as it was: it may be saved beside the model afterwards, and a fast tokenizer's backend keeps the truncation of
+    its last call in tokenizer.json, which would cut every later user's inputs."""
+    tokenizer = copy.deepcopy(tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
-import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 import ffnprune
 from ffnprune.config import EvaluateConfig
+from ffnprune.errors import FfnpruneError
 from ffnprune.evaluation.generate import GenerationSettings, generate
-from ffnprune.io.atomic import write_json_atomic
+from ffnprune.io.atomic import check_writable, write_json_atomic
+from ffnprune.messages import say
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
-from ffnprune.models import load_model
+from ffnprune.models import fit_context, load_model
 from ffnprune.tasks import get_task
 from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
@@ -24,9 +25,12 @@ OFFLINE_PROTOCOL = "offline: fine-pruning uses the validation split, results are
 
 
 def evaluate_model(model, tokenizer, config: EvaluateConfig, progress: bool = True) -> dict:
-    """Metrics and protocol of one task split (no file written)."""
+    """Metrics and protocol of one task split (no file written). A --context beyond the model's positions is
+    clamped to them (with a notice), and the protocol records the context used."""
     model.eval()
     task = get_task(config.task)
+    config = replace(config, context=fit_context(model, config.context),
+                     stride=min(config.stride, fit_context(model, config.context, "--stride")))
     started = time.perf_counter()
     if isinstance(task, GenerationTask):
         result = _evaluate_generation(model, tokenizer, task, config, progress)
@@ -100,15 +104,27 @@ def check_data(config: EvaluateConfig) -> None:
     else:
         wikitext_file(config.data, config.split)
     if config.limit and not isinstance(task, GenerationTask):
-        warnings.warn("--limit counts items of generation tasks; for WikiText use --max-tokens", stacklevel=2)
+        raise FfnpruneError(f"--limit counts the items of generation tasks; {config.task} is scored on tokens: use "
+                            "--max-tokens N")
+    if config.stride > config.context:
+        raise FfnpruneError(f"--stride {config.stride} is longer than --context {config.context}: the windows would "
+                            "skip tokens; use a stride of at most the context")
 
 
-def evaluate(config: EvaluateConfig, say=print) -> dict:
-    """The `ffnprune evaluate` command: load, evaluate, write the result file atomically."""
+def evaluate(config: EvaluateConfig, say=say, show=lambda result: None) -> dict:
+    """The `ffnprune evaluate` command: check everything, load, evaluate, `show` the result, then write it
+    atomically (so a failed write never loses the metrics)."""
     check_data(config)
+    if config.out:
+        check_writable(config.out)
+        if Path(config.out).is_dir():
+            raise FfnpruneError(f"--out {config.out} is a directory; name the JSON file to write")
+    say(f"loading {config.model} ...")
     loaded = load_model(config.model, device=config.device)
+    say(f"evaluating on {config.task} {config.split} ...")
     result = {"model": config.model, "model_location": loaded.location, **evaluate_model(loaded.model,
                                                                                          loaded.tokenizer, config)}
+    show(result)
     if config.out:
         write_json_atomic(Path(config.out), result)
         say(f"wrote {config.out}")

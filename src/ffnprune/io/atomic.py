@@ -14,16 +14,52 @@ from pathlib import Path
 from ffnprune.errors import FfnpruneError
 
 PARTIAL_MARK = ".partial-"
+MARKER = ".ffnprune"  # in every directory ffnprune writes: --overwrite replaces only these
+KNOWN_OUTPUTS = ("pruning.json", "redundancy.json", "comparison.json")  # written before the marker existed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, directory: bool) -> None:
+    """tempfile creates 0700 directories and 0600 files; what we publish gets the user's usual permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def check_writable(target: str | os.PathLike, what: str = "--out") -> Path:
+    """An output path that can be created: its nearest existing ancestor is a writable directory."""
+    target = Path(target)
+    ancestor = target.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FfnpruneError(f"{what} {target} cannot be created: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FfnpruneError(f"{what} {target} cannot be created: {ancestor} is not writable; choose another {what}")
+    return target
+
+
+def written_by_ffnprune(directory: Path) -> bool:
+    return (directory / MARKER).exists() or any((directory / name).is_file() for name in KNOWN_OUTPUTS)
 
 
 def check_output_dir(target: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output unless asked to replace it (checked before any long work starts)."""
-    target = Path(target)
+    """Refuse an existing output unless asked to replace it and it is ffnprune's own (checked before any long work
+    starts), and an output that cannot be created."""
+    target = check_writable(target)
     if target.exists() and not target.is_dir():
         raise FfnpruneError(f"output {target} exists and is not a directory; choose another --out")
     if target.exists() and not overwrite:
         raise FfnpruneError(
             f"output directory {target} already exists; pass --overwrite to replace it, or choose another --out"
+        )
+    if target.exists() and any(target.iterdir()) and not written_by_ffnprune(target):
+        raise FfnpruneError(
+            f"--overwrite replaces only a directory that ffnprune wrote, and {target} holds other files; move them "
+            "away or choose another --out"
         )
     return target
 
@@ -41,6 +77,8 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}", dir=target.parent))
     try:
+        follow_umask(staging, directory=True)
+        (staging / MARKER).write_text("written by ffnprune; `--overwrite` may replace this directory\n")
         yield staging
         _commit(staging, target)
     except BaseException:
@@ -67,6 +105,7 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
+        follow_umask(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ffnprune.errors import FfnpruneError
+from ffnprune.messages import progress_bar
 from ffnprune.tasks.examples import IGNORE, Examples
 
 
@@ -24,11 +25,11 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
 
 
 @torch.inference_mode()
-def examples_perplexity(model, examples: Examples, batch_size: int = 4) -> dict:
+def examples_perplexity(model, examples: Examples, batch_size: int = 4, desc: str = "perplexity") -> dict:
     """exp(mean NLL) over every labelled next token of the examples."""
     device = next(model.parameters()).device
     total_nll, scored = 0.0, 0
-    for start in range(0, len(examples), batch_size):
+    for start in progress_bar(range(0, len(examples), batch_size), desc=desc):
         rows = range(start, min(start + batch_size, len(examples)))
         batch = {k: v.to(device) for k, v in examples.batch(rows).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ class LoadedModel:
     adapter: MlpAdapter
     source: str  # what the user asked for
     location: str  # where it was read from
+    source_dtype: str | None = None  # the dtype its checkpoint stores (None: quantised GGUF, or not recorded)
 
 
 def smollm2_gguf_path() -> Path:
@@ -127,6 +130,26 @@ def _load_hub(model_id: str, dtype) -> tuple[nn.Module, object]:
     return model, transformers.AutoTokenizer.from_pretrained(model_id)
 
 
+def model_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings cover (None: no limit known)."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_context(model: nn.Module, context: int, option: str = "--context") -> int:
+    """`context`, or the model's positions with a notice where it has fewer (a longer input would crash or run
+    past what the model was trained on)."""
+    positions = model_positions(model)
+    if positions is not None and context > positions:
+        logging.getLogger("ffnprune").warning(f"{option} {context} is longer than the model's {positions} positions; "
+                                              f"using {positions}")
+        return positions
+    return context
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` takes the GPU when PyTorch sees one; `cuda` on a machine without one is an error, not a silent CPU run."""
     if name == "auto":
@@ -158,4 +181,17 @@ def load_model(spec: str, dtype="float32", device: str = "cpu") -> LoadedModel:
             location = spec
             model, tokenizer = _load_hub(spec, dtype)
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, adapter_for(model.config), spec, str(location))
+    return LoadedModel(model, tokenizer, adapter_for(model.config), spec, str(location), _stored_dtype(location))
+
+
+def _stored_dtype(location) -> str | None:
+    """The dtype a model directory's config.json records for its weights (read before loading cast them)."""
+    path = Path(str(location)) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError:
+        return None
+    dtype = recorded.get("dtype") or recorded.get("torch_dtype")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else None

@@ -50,9 +50,16 @@ def global_top_v(scores: Sequence[torch.Tensor], keep: float) -> list[torch.Tens
     return [indices.nonzero().flatten() for indices in chosen.split([s.numel() for s in scores])]
 
 
-def threshold_selection(scores: Sequence[torch.Tensor], threshold: float) -> list[torch.Tensor]:
-    """Soft movement: keep neuron i where sigmoid(s_i) > threshold."""
-    return [(torch.sigmoid(s.detach().float()) > threshold).nonzero().flatten() for s in scores]
+def threshold_selection(scores: Sequence[torch.Tensor], threshold: float, final_keep: float) -> list[torch.Tensor]:
+    """Soft movement: keep neuron i where sigmoid(s_i) > threshold, but never fewer than int(v_f * N_l) + 1 of a
+    layer (the authors' minimum: the highest scores then). Without it the L1 pull drags every score down together
+    and whole layers cross the threshold at once, whatever the requested keep fraction."""
+    kept = []
+    for layer_scores in scores:
+        passing = (torch.sigmoid(layer_scores.detach().float()) > threshold).nonzero().flatten()
+        minimum = min(layer_scores.numel(), kept_count(final_keep, layer_scores.numel()) + 1)
+        kept.append(passing if len(passing) >= minimum else top_indices(layer_scores, minimum))
+    return kept
 
 
 def rounded_count(count: int, width: int, multiple: int) -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ffnprune.adapters import MlpAdapter
+from ffnprune.errors import FfnpruneError
 
 
 class ActivationStatistics:
@@ -57,7 +58,8 @@ class ActivationStatistics:
         def hook(module, args):
             if (self.training_only and not torch.is_grad_enabled()) or not self.active:
                 return None
-            with torch.no_grad():
+            # Outside autocast: under fp16 a 2,048-token H^T H overflows at activation RMS ~5.7 (u becomes 0 or NaN).
+            with torch.no_grad(), torch.autocast(args[0].device.type, enabled=False):
                 if self.sequence_means is not None:
                     self._fold_sequence_means(index, args[0])
                 activations = args[0].flatten(0, -2)  # [tokens, N]; N may be 0
@@ -123,6 +125,10 @@ class ActivationStatistics:
 
     def cosine(self, index: int) -> torch.Tensor:
         gram = self.gram[index]
+        if not torch.isfinite(gram).all():
+            raise FfnpruneError(f"the activation statistics of layer {index} are not finite (the activations "
+                                "overflowed or are NaN); train in bf16 or fp32 (--mixed-precision bf16 or no), or "
+                                "lower the learning rate if the loss diverged")
         norms = torch.sqrt(torch.diagonal(gram).clamp_min(0))
         cosine = gram / (norms[:, None] * norms[None, :] + 1e-6)
         return cosine.fill_diagonal_(0.0)

@@ -17,10 +17,12 @@ from ffnprune.errors import FfnpruneError
 from ffnprune.evaluation.run import evaluate_model
 from ffnprune.io.atomic import write_json_atomic
 from ffnprune.io.pruned_dir import read_metadata
+from ffnprune.messages import say
 from ffnprune.models import load_model
 from ffnprune.pipeline import prune, work_dir
 from ffnprune.study.plan import Cell, Study, read_study
 from ffnprune.study.report import PRIMARY_METRIC, load_records, write_report
+from ffnprune.training.checkpoint import resumable_checkpoint
 from ffnprune.training.loop import CHECKPOINT, LOG
 
 
@@ -39,7 +41,7 @@ def _measure(study: Study, model: str, task: str, analysis_dir: Path, data: str 
 
 
 def run_study(path: str | Path, results_root: str = "results", models_root: str = "out/studies",
-              data: str | None = None, say=print) -> Path:
+              data: str | None = None, say=say) -> Path:
     study = read_study(path)
     results, models = Path(results_root) / study.name, Path(models_root) / study.name
     cells_dir = results / "cells"
@@ -74,7 +76,7 @@ def _run_cell(study: Study, cell: Cell, models: Path, cells_dir: Path, data: str
     config = study.prune_config(cell, model_dir, data)
     if config.steps == 0:
         raise FfnpruneError("a study fine-prunes: set options.steps > 0")
-    resume = work_dir(model_dir) if (work_dir(model_dir) / CHECKPOINT / "trainer.json").is_file() else None
+    resume = work_dir(model_dir) if resumable_checkpoint(work_dir(model_dir) / CHECKPOINT) else None
     if resume is None:
         shutil.rmtree(work_dir(model_dir), ignore_errors=True)
     prune(config, resume=resume, say=say)

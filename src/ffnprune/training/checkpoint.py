@@ -8,7 +8,9 @@ plain containers only), and trainer.json: step, LR-scheduler state and every RNG
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import atomic_directory
 
 REQUIRED = ("model.safetensors", "pruner.safetensors", "optimizer.pt", "trainer.json")
+PREVIOUS = ".previous"
 
 
 def rng_state() -> dict:
@@ -42,7 +45,20 @@ def _tupled(value):
     return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
 
 
+def previous_checkpoint(directory: Path) -> Path:
+    """The checkpoint before the newest, kept so that a run whose loss turns NaN has one from before the update
+    that broke it."""
+    return directory.with_name(directory.name + PREVIOUS)
+
+
 def save_checkpoint(directory: Path, model, pruner, optimizer, scheduler, step: int) -> None:
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise FfnpruneError(f"the weights at step {step} are not finite; no checkpoint written (the last good one "
+                            f"stays in {directory})")
+    if (directory / "trainer.json").is_file():
+        previous = previous_checkpoint(directory)
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(directory, previous)
     with atomic_directory(directory, overwrite=True) as staging:
         save_model(model, str(staging / "model.safetensors"))
         save_file({k: v.contiguous().cpu() for k, v in pruner.state().items()}, str(staging / "pruner.safetensors"))
@@ -53,6 +69,28 @@ def save_checkpoint(directory: Path, model, pruner, optimizer, scheduler, step: 
 
 def checkpoint_step(directory: Path) -> int:
     return json.loads((directory / "trainer.json").read_text())["step"]
+
+
+def resumable_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint a resumed run starts from: the newest, or the previous one if a kill came between the two
+    renames of save_checkpoint."""
+    for candidate in (directory, previous_checkpoint(directory)):
+        if (candidate / "trainer.json").is_file():
+            return candidate
+    return None
+
+
+def rewind_before(directory: Path, bad_step: int) -> int | None:
+    """The loss turned non-finite at step `bad_step`: the update before it (or an earlier one) broke the weights.
+    Make the newest checkpoint from before that update the one --resume takes, dropping any later one; returns its
+    step, or None if none predates it."""
+    for candidate in (directory, previous_checkpoint(directory)):
+        if (candidate / "trainer.json").is_file() and checkpoint_step(candidate) <= bad_step - 2:
+            if candidate != directory:
+                shutil.rmtree(directory, ignore_errors=True)
+                os.replace(candidate, directory)
+            return checkpoint_step(directory)
+    return None
 
 
 def load_checkpoint(directory: Path, model, pruner, optimizer, scheduler) -> int:

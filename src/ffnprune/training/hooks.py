@@ -80,7 +80,8 @@ class FinePruner:
         if self.method is None:
             return [torch.arange(width) for width in self.widths]
         if self.method.selection == "threshold":
-            kept = threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold))
+            kept = threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold),
+                                       self.schedule.final_keep)
         else:
             select = global_top_v if self.method.selection == "global" else local_top_v
             kept = select(scores, self.keep_fraction)
@@ -109,7 +110,10 @@ class FinePruner:
 
     @property
     def penalty_weight(self) -> float:
-        """lambda_t = lambda * v_t / v_f."""
+        """lambda_t: lambda * tau_t / tau_f for soft movement (0 while dense, rising with its threshold), else
+        lambda * v_t / v_f."""
+        if self.method is not None and self.method.selection == "threshold":
+            return self.settings.weight * (1.0 - self.schedule.remaining(self.step))
         return self.settings.weight * self.keep_fraction / self.schedule.final_keep
 
     def after_backward(self) -> None:

@@ -9,6 +9,7 @@ step alone, so a resumed run reads exactly what the uninterrupted one would have
 from __future__ import annotations
 
 import json
+import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from ffnprune.config import PruneConfig
 from ffnprune.errors import FfnpruneError
+from ffnprune.messages import logger, say
 from ffnprune.metrics.perplexity import causal_lm_loss, examples_perplexity
 from ffnprune.tasks.examples import Examples
-from ffnprune.training.checkpoint import checkpoint_step, load_checkpoint, save_checkpoint
+from ffnprune.training.checkpoint import load_checkpoint, resumable_checkpoint, rewind_before, save_checkpoint
 from ffnprune.training.distill import combine, distillation_loss
 from ffnprune.training.hooks import FinePruner
 
@@ -87,7 +89,7 @@ class TrainingOutcome:
 
 def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty, train_examples: Examples,
           eval_examples: Examples | None, workdir: Path, teacher: nn.Module | None = None,
-          resume: bool = False, say=print, initial_scores: list[torch.Tensor] | None = None) -> TrainingOutcome:
+          resume: bool = False, say=say, initial_scores: list[torch.Tensor] | None = None) -> TrainingOutcome:
     """Fine-prune `model` by `method` on the schedule; with `method` None, fine-tune it without pruning (the
     recovery of a one-shot pruned model)."""
     settings = config.training
@@ -112,7 +114,11 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     checkpoint_dir, log_path = workdir / CHECKPOINT, workdir / LOG
     start = 0
     if resume:
-        start = load_checkpoint(checkpoint_dir, accelerator.unwrap_model(wrapper).model, pruner, optimizer, scheduler)
+        source = resumable_checkpoint(checkpoint_dir)
+        if source is None:
+            raise FfnpruneError(f"{workdir} holds no checkpoint to resume (expected {checkpoint_dir})")
+        start = load_checkpoint(source, accelerator.unwrap_model(wrapper).model, pruner, optimizer, scheduler)
+        apply_learning_settings(optimizer, scheduler, settings)
         _truncate_log(log_path, start)
         say(f"resumed from {checkpoint_dir} at step {start}")
     elif accelerator.is_main_process:
@@ -120,8 +126,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
 
     order = BatchOrder(len(train_examples), config.seed)
     per_step = settings.batch_size * settings.grad_accum * accelerator.num_processes
-    progress = tqdm(total=config.steps, initial=start, disable=not accelerator.is_main_process,
-                    desc="fine-pruning" if method is not None else "recovery")
+    progress = tqdm(total=config.steps, initial=start, desc="fine-pruning" if method is not None else "recovery",
+                    disable=not accelerator.is_main_process or not logger.isEnabledFor(logging.INFO))
     final_loss = math.nan
     for step in range(start, config.steps):
         totals = {"loss": 0.0, "task_loss": 0.0, "penalty": 0.0} | ({"distill_loss": 0.0} if teacher else {})
@@ -141,11 +147,12 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
                     with torch.no_grad():
                         teacher_logits = teacher(input_ids=batch["input_ids"],
                                                  attention_mask=batch["attention_mask"]).logits
-                    distill = distillation_loss(logits, teacher_logits, batch["labels"], config.distill.temperature)
+                    distill = distillation_loss(logits, teacher_logits, batch["labels"], config.distill.temperature,
+                                                config.distill.distill_reduction)
                 penalty_term = pruner.penalty()
                 loss = combine(task_loss, distill) + penalty_term
                 if not torch.isfinite(loss):
-                    _stop_on_bad_loss(step, loss, checkpoint_dir, workdir)
+                    _stop_on_bad_loss(step, loss, checkpoint_dir, workdir, settings.lr)
                 accelerator.backward(loss / settings.grad_accum)
                 pruner.after_backward()
             for name, value in (("loss", loss), ("task_loss", task_loss), ("distill_loss", distill),
@@ -199,13 +206,28 @@ def _evaluate(wrapper: PrunableModel, pruner: FinePruner, examples: Examples, ba
     return result
 
 
-def _stop_on_bad_loss(step: int, loss: torch.Tensor, checkpoint_dir: Path, workdir: Path):
-    if (checkpoint_dir / "trainer.json").is_file():
-        where = (f"The last good checkpoint (step {checkpoint_step(checkpoint_dir)}) is kept in {checkpoint_dir}; "
-                 f"continue from it with a lower learning rate: ffnprune prune --resume {workdir} --lr ...")
+def _stop_on_bad_loss(step: int, loss: torch.Tensor, checkpoint_dir: Path, workdir: Path, lr: float):
+    good = rewind_before(checkpoint_dir, step + 1)
+    if good is not None:
+        where = (f"The checkpoint of step {good}, from before the update that broke the weights, is kept in "
+                 f"{checkpoint_dir}; continue from it with a lower learning rate: ffnprune prune --resume {workdir} "
+                 f"--lr {lr / 4:g}")
     else:
-        where = "No checkpoint was written yet (--checkpoint-every N keeps one); retry with a lower --lr"
+        where = ("No checkpoint from before the bad update exists (--checkpoint-every N keeps them); retry with a "
+                 f"lower --lr, such as {lr / 4:g}")
     raise FfnpruneError(f"the loss became {loss.item()} at step {step + 1}; training stopped. {where}")
+
+
+def apply_learning_settings(optimizer, scheduler, settings) -> None:
+    """A resumed run uses the learning rates and weight decay it was given now, not the checkpoint's: the LR
+    schedule keeps its shape and position with the new peak values."""
+    peaks = [settings.lr, settings.lr, settings.score_lr][: len(optimizer.param_groups)]
+    decays = [settings.weight_decay, 0.0, 0.0]
+    scheduler.base_lrs = peaks
+    for group, peak, decay, factor in zip(optimizer.param_groups, peaks, decays, scheduler.lr_lambdas):
+        group["initial_lr"], group["weight_decay"] = peak, decay
+        group["lr"] = peak * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
