@@ -34,12 +34,15 @@ def demo_methods(config: DemoConfig) -> list[str]:
 
 def prune_config(config: DemoConfig, method: str, out: Path) -> PruneConfig:
     values = {"model": config.model, "out": str(out), "method": method, "keep": config.keep, "steps": config.steps,
-              "seed": config.seed, "data": config.data, "context": config.train_context,
-              "batch_size": config.train_batch_size, "overwrite": True}
+              "seed": config.seed, "data": config.data, "overwrite": True}
+    if config.steps:
+        values.update(context=config.train_context, batch_size=config.train_batch_size)
     if get_method(method).uses_mu:
         values["mu"] = config.mu
     if get_method(method).calibrated:  # one-shot, then recovery with distillation from the dense model
-        values.update(distill=True, lr=config.recovery_lr, calibration_context=config.train_context)
+        values["calibration_context"] = config.train_context
+        if config.steps:
+            values.update(distill=True, lr=config.recovery_lr)
     return build_config(PruneConfig, values)
 
 
