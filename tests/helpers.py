@@ -56,6 +56,7 @@ def run_without_ffnprune(script: str, workdir: Path, timeout: int = 600) -> dict
     env = {**os.environ, "HF_MODULES_CACHE": str(workdir / "hf_modules"), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error"}
     result = subprocess.run([sys.executable, "-c", BLOCK_FFNPRUNE + textwrap.dedent(script)], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    last = result.stdout.strip().splitlines()[-1]
+    return json.loads(last[last.find("{"):])  # an input() prompt may precede the JSON object on its line

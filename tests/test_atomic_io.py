@@ -44,7 +44,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
             pass
     with atomic_directory(target, overwrite=True) as staging:
         (staging / "b").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert sorted(p.name for p in target.iterdir()) == [".ffnprune", "b"]  # the marker --overwrite looks for
     assert _partials(tmp_path) == []
 
 

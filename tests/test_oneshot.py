@@ -196,10 +196,10 @@ def test_added_output_bias_survives_every_loading_route(obs_pruned, tmp_path):
         remote = transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()
         plain = transformers.AutoModelForCausalLM.from_pretrained({str(uniform)!r}).eval()
         with torch.no_grad():
-            print(json.dumps([(m(expected["ids"]).logits - expected["expected"]).abs().max().item()
-                              for m in (remote, plain)]))
+            print(json.dumps({{name: (m(expected["ids"]).logits - expected["expected"]).abs().max().item()
+                               for name, m in (("remote", remote), ("plain", plain))}}))
     """, tmp_path)
-    assert max(differences) < 1e-5, differences
+    assert max(differences.values()) < 1e-5, differences
 
 
 def test_uniform_export_refuses_a_bias_the_stock_architecture_cannot_hold(gpt2_tokenizer, tmp_path):

@@ -56,6 +56,15 @@ REFERENCE = """
         remote = transformers.AutoModelForCausalLM.from_pretrained({pruned!r}, trust_remote_code=True).eval()
         plain = transformers.AutoModelForCausalLM.from_pretrained({uniform!r}).eval()
         assert type(plain).__module__.startswith("transformers.models."), type(plain)
+        # Without remote code the pruned directory is refused before any weight is read (no stock class claims its
+        # model_type), so transformers' ignore_mismatched_sizes=True cannot load random MLPs; its tokenizer loads.
+        try:
+            transformers.AutoModelForCausalLM.from_pretrained({pruned!r}, ignore_mismatched_sizes=True)
+            refused = ""
+        except ValueError as error:
+            refused = str(error)
+        assert "trust_remote_code=True" in refused, refused
+        assert transformers.AutoTokenizer.from_pretrained({pruned!r})("a b c")["input_ids"]
         print(json.dumps({{"remote": (remote(ids).logits - reference).abs().max().item(),
                           "uniform": (plain(ids).logits - reference).abs().max().item(),
                           "masked_changed": (dense.__class__.from_pretrained({dense!r})(ids).logits
@@ -145,8 +154,10 @@ def test_save_pretrained_round_trips_and_a_peft_merge_reloads(tiny_model_dir, tm
     with torch.no_grad():
         reference = model(ids).logits
         assert (load_pruned(tmp_path / "via_ffnprune")(ids).logits - reference).abs().max() <= TOLERANCE
-    assert json.loads((tmp_path / "via_ffnprune" / "config.json").read_text())["auto_map"] == {
-        "AutoModelForCausalLM": "modeling_ffnprune.FfnprunedForCausalLM"}
+    saved = json.loads((tmp_path / "via_ffnprune" / "config.json").read_text())
+    assert saved["auto_map"] == {"AutoConfig": "modeling_ffnprune.FfnprunedConfig",
+                                 "AutoModelForCausalLM": "modeling_ffnprune.FfnprunedForCausalLM"}
+    assert saved["model_type"] == "ffnprune" and saved["ffnprune"]["model_type"] == model_type
     targets = ["c_fc", "c_proj"] if model_type == "gpt2" else ["up_proj", "down_proj"]
     for source in (pruned, tmp_path / "via_ffnprune"):
         differences = run_without_ffnprune(SAVE_AGAIN.format(pruned=str(source), targets=targets), tmp_path)

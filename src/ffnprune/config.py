@@ -167,7 +167,7 @@ class EvaluateConfig:
     batch_size: Count = option(8, "prompts or blocks per forward pass")
     context: Count = option(1024, "WikiText: tokens per block and window (at most the model's positions); "
                                       "generation tasks: teacher-forcing length")
-    stride: Count = option(512, "WikiText: sliding-window stride")
+    stride: Count | None = option(None, "WikiText: sliding-window stride (default: half of --context)")
     max_tokens: Count | None = option(None, "WikiText: evaluate the first N tokens only")
     device: Device = option("auto", "auto (the GPU when there is one), cpu or cuda")
 

@@ -36,7 +36,12 @@ def _prune(args) -> None:
     from ffnprune.config import read_yaml
     from ffnprune.pipeline import RUN_CONFIG, prune
 
-    base = read_yaml(Path(args.resume) / RUN_CONFIG, PruneConfig) if args.resume else None
+    base = None
+    if args.resume:
+        if not (Path(args.resume) / RUN_CONFIG).is_file():
+            raise FfnpruneError(f"{args.resume} holds no checkpoint to resume (no {RUN_CONFIG}): give the work "
+                                "directory (OUT.work) that the run printed at its start")
+        base = read_yaml(Path(args.resume) / RUN_CONFIG, PruneConfig)
     out = prune(config_from_args(PruneConfig, args, base), resume=args.resume)
     print(f"saved the pruned model to {out}")
 
@@ -108,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ffnprune", description="Structured pruning of the MLP neurons of decoder-only language models."
     )
+    parser.add_argument("--quiet", "-q", dest="quiet_before_command", action="store_true",
+                        help="print only results, warnings and errors")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", help="print only results, warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -198,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help, or a malformed command line (already reported)
-        return stop.code
+        return stop.code or 0
+    args.quiet = args.quiet or args.quiet_before_command
     configure_cli_logging(args.quiet)
     if args.quiet:
         import transformers

@@ -21,6 +21,7 @@ def layer_spec(model: nn.Module, adapter: MlpAdapter, output_bias: bool = False)
     """config.ffnprune without the widths (those are set by finish_compaction); keeps an earlier output bias."""
     earlier = getattr(model.config, "ffnprune", None) or {}
     return {**adapter.spec(adapter.mlp_widths(model)), "base_class": base_class(model).__name__,
+            "model_type": model.config.model_type,
             "output_bias": bool(output_bias or earlier.get("output_bias"))}
 
 

@@ -29,8 +29,8 @@ def evaluate_model(model, tokenizer, config: EvaluateConfig, progress: bool = Tr
     clamped to them (with a notice), and the protocol records the context used."""
     model.eval()
     task = get_task(config.task)
-    config = replace(config, context=fit_context(model, config.context),
-                     stride=min(config.stride, fit_context(model, config.context, "--stride")))
+    context = fit_context(model, config.context)
+    config = replace(config, context=context, stride=max(1, min(config.stride or context // 2, context)))
     started = time.perf_counter()
     if isinstance(task, GenerationTask):
         result = _evaluate_generation(model, tokenizer, task, config, progress)
@@ -106,7 +106,7 @@ def check_data(config: EvaluateConfig) -> None:
     if config.limit and not isinstance(task, GenerationTask):
         raise FfnpruneError(f"--limit counts the items of generation tasks; {config.task} is scored on tokens: use "
                             "--max-tokens N")
-    if config.stride > config.context:
+    if config.stride is not None and config.stride > config.context:
         raise FfnpruneError(f"--stride {config.stride} is longer than --context {config.context}: the windows would "
                             "skip tokens; use a stride of at most the context")
 

@@ -80,6 +80,8 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         follow_umask(staging, directory=True)
         (staging / MARKER).write_text("written by ffnprune; `--overwrite` may replace this directory\n")
         yield staging
+        for path in staging.rglob("*"):  # some writers (safetensors via transformers) create 0600 files too
+            follow_umask(path, directory=path.is_dir())
         _commit(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

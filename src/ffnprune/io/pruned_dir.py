@@ -43,6 +43,14 @@ def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: d
     return Path(out)
 
 
+def is_pruned_directory(directory: str | os.PathLike) -> bool:
+    """Whether config.json carries ffnprune's per-layer widths (read as JSON: the stock config class refuses it)."""
+    try:
+        return "ffnprune" in json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def read_metadata(directory: str | os.PathLike) -> dict:
     path = Path(directory) / METADATA_FILE
     return json.loads(path.read_text()) if path.exists() else {}
@@ -53,7 +61,10 @@ def load_pruned(directory: str | os.PathLike, **from_pretrained_kwargs) -> nn.Mo
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FfnpruneError(f"{directory} is not a model directory (no config.json); give the --out of a prune run")
-    config = transformers.AutoConfig.from_pretrained(directory)
+    try:
+        config = remote_modeling.FfnprunedConfig.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as error:
+        raise FfnpruneError(f"could not read {directory / 'config.json'}: {error}") from error
     spec = getattr(config, "ffnprune", None)
     if spec is None:
         raise FfnpruneError(

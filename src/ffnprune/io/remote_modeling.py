@@ -10,17 +10,59 @@ loads the model where ffnprune is not installed. It must therefore import nothin
 """
 
 import functools
+import json
 import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import CONFIG_MAPPING, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 MODELING_FILE = "modeling_ffnprune.py"
 REMOTE_CLASS = "FfnprunedForCausalLM"
+CONFIG_CLASS = "FfnprunedConfig"
 _SOURCE_TAIL = "\n\n# The source architecture of this pruned model.\n"
+# config.json's model_type: no stock class claims it, so plain from_pretrained (without remote code) stops and asks
+# for trust_remote_code=True, instead of building the stock model at one width and offering
+# ignore_mismatched_sizes=True, which would load random MLPs. AutoTokenizer falls back to the tokenizer files.
+PRUNED_MODEL_TYPE = "ffnprune"
+
+
+def stock_config_dict(values):
+    """config.json's values with the source architecture's model_type (kept in config.ffnprune) restored."""
+    spec = values.get("ffnprune") or {}
+    if values.get("model_type") == PRUNED_MODEL_TYPE:
+        values = {**values, "model_type": spec["model_type"]}
+    return values
+
+
+class FfnprunedConfig:
+    """auto_map's AutoConfig: reads config.json into the source architecture's own config class."""
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        pass
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        values, kwargs = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        values = stock_config_dict(values)
+        return CONFIG_MAPPING[values["model_type"]].from_dict(values, **kwargs)
+
+
+def mark_pruned_config(save_directory):
+    """Give a saved config.json the pruned model_type and the AutoConfig entry that reads it."""
+    path = os.path.join(save_directory, "config.json")
+    with open(path) as handle:
+        values = json.load(handle)
+    values["model_type"] = PRUNED_MODEL_TYPE
+    values["auto_map"] = {"AutoConfig": f"{MODELING_FILE[:-3]}.{CONFIG_CLASS}",
+                          "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{REMOTE_CLASS}"}
+    with open(path, "w") as handle:
+        json.dump(values, handle, indent=2, sort_keys=True)
+        handle.write("\n")
 
 
 def modeling_source(base_name):
@@ -99,6 +141,8 @@ def pruned_causal_lm(base):
                 path = os.path.join(save_directory, MODELING_FILE)
                 with open(path, "w") as handle:
                     handle.write(modeling_source(self.config.ffnprune["base_class"]))
+                if self.config.ffnprune.get("model_type"):
+                    mark_pruned_config(save_directory)
 
     # config.architectures records this name: a runtime that reads it must not take the model for a stock one.
     return FfnprunedForCausalLM

@@ -17,7 +17,7 @@ from torch import nn
 
 from ffnprune.adapters import MlpAdapter, adapter_for
 from ffnprune.errors import FfnpruneError
-from ffnprune.io.pruned_dir import load_pruned
+from ffnprune.io.pruned_dir import is_pruned_directory, load_pruned
 from ffnprune.io.strict_load import check_loading_info, from_pretrained_strictly
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -99,14 +99,14 @@ def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
     if not (path / "config.json").is_file():
         raise FfnpruneError(f"{path} is not a model directory (no config.json); give a model directory, a .gguf file, "
                             f"a hub id or {SMOLLM2_ALIAS!r}")
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise FfnpruneError(f"could not read {path / 'config.json'}: {error}") from error
-    adapter_for(config)
-    if getattr(config, "ffnprune", None) is not None:
+    if is_pruned_directory(path):
         model = load_pruned(path, dtype=dtype)
     else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as error:
+            raise FfnpruneError(f"could not read {path / 'config.json'}: {error}") from error
+        adapter_for(config)
         try:
             model, info = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
                                                                             output_loading_info=True)
@@ -114,7 +114,13 @@ def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
             raise FfnpruneError(f"could not load the model in {path}: {error}. Its weights may be incomplete or "
                                 "corrupt") from error
         check_loading_info(info, path)
-    return model, transformers.AutoTokenizer.from_pretrained(path)
+    try:
+        # The model's config: a pruned directory's config.json names no stock model_type to look a tokenizer up by.
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, config=model.config)
+    except (OSError, ValueError) as error:
+        raise FfnpruneError(f"{path} holds no usable tokenizer ({str(error).splitlines()[0]}); save the model's "
+                            "tokenizer beside it with tokenizer.save_pretrained(DIR)") from error
+    return model, tokenizer
 
 
 def _load_hub(model_id: str, dtype) -> tuple[nn.Module, object]:

@@ -1,0 +1,174 @@
+"""Bad inputs a user can give, each run through the command line: shared by tests/test_bad_inputs.py (every row must
+exit 2 with one `ffnprune: error:` line and leave nothing behind) and scripts/bad-inputs-table.py (docs table)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+
+@dataclass(frozen=True)
+class Case:
+    what: str
+    argv: tuple[str, ...]  # {dense}, {pruned}, {data}, {work} and {tmp} are filled in
+    expect: str  # a part of the error message
+
+
+CASES = (
+    Case("unknown architecture", ("prune", "{tmp}/bert", "--out", "{tmp}/out"), "unsupported architecture 'bert'"),
+    Case("model path that does not exist", ("prune", "{tmp}/nowhere", "--out", "{tmp}/out"), "does not exist"),
+    Case("checkpoint with a missing tensor", ("prune", "{tmp}/damaged", "--out", "{tmp}/out"),
+         "missing tensors model.layers.1.mlp.up_proj.weight"),
+    Case("truncated (corrupt) checkpoint", ("prune", "{tmp}/truncated", "--out", "{tmp}/out"), "corrupt"),
+    Case("keep fraction out of range", ("prune", "{dense}", "--keep", "1.5", "--out", "{tmp}/out"), "out of range"),
+    Case("unknown method", ("prune", "{dense}", "--method", "nope", "--out", "{tmp}/out"), "known methods"),
+    Case("fractional step count", ("prune", "{dense}", "--steps", "2.7", "--out", "{tmp}/out"),
+         "--steps '2.7': input should be a valid integer"),
+    Case("negative step count", ("prune", "{dense}", "--steps", "-1", "--out", "{tmp}/out"),
+         "greater than or equal to 0"),
+    Case("choice not offered", ("prune", "{dense}", "--mixed-precision", "fp8", "--out", "{tmp}/out"),
+         "input should be 'no', 'fp16' or 'bf16'"),
+    Case("YAML boolean that is not one", ("prune", "{dense}", "--config", "{tmp}/maybe.yaml", "--out", "{tmp}/out"),
+         "--distill 'maybe': input should be a valid boolean"),
+    Case("YAML list where a name is expected", ("prune", "{dense}", "--config", "{tmp}/list.yaml", "--out",
+                                                "{tmp}/out"), "--method ['gum', 'random']"),
+    Case("YAML option that does not exist", ("prune", "{dense}", "--config", "{tmp}/typo.yaml", "--out", "{tmp}/out"),
+         "unknown option(s) metod"),
+    Case("temperature 0", ("prune", "{dense}", "--steps", "10", "--distill", "--temperature", "0", "--out",
+                           "{tmp}/out"), "--temperature '0': input should be greater than 0"),
+    Case("beta outside (0, 1]", ("prune", "{dense}", "--method", "gum", "--mu", "1", "--steps", "10", "--beta", "1.5",
+                                 "--out", "{tmp}/out"), "--beta '1.5': input should be less than or equal to 1"),
+    Case("soft threshold outside (0, 1)", ("prune", "{dense}", "--method", "soft-movement", "--steps", "10",
+                                           "--soft-threshold", "1", "--out", "{tmp}/out"), "--soft-threshold '1'"),
+    Case("negative lambda", ("prune", "{dense}", "--steps", "10", "--lambda", "-1", "--out", "{tmp}/out"),
+         "--lambda '-1'"),
+    Case("GUM without mu", ("prune", "{dense}", "--method", "gum", "--steps", "10", "--out", "{tmp}/out"),
+         "needs --mu"),
+    Case("learned method in one shot", ("prune", "{dense}", "--method", "movement", "--out", "{tmp}/out"),
+         "give --steps N"),
+    Case("training options with --steps 0", ("prune", "{dense}", "--lr", "1e-3", "--distill", "--out", "{tmp}/out"),
+         "--lr, --distill apply to training"),
+    Case("--eval-limit without --evaluate", ("prune", "{dense}", "--eval-limit", "5", "--out", "{tmp}/out"),
+         "add --evaluate"),
+    Case("missing task data", ("prune", "{dense}", "--steps", "10", "--data", "{tmp}/empty", "--out", "{tmp}/out"),
+         "{tmp}/empty"),
+    Case("empty calibration file", ("prune", "{dense}", "--method", "obs", "--calibration-data", "{tmp}/empty.txt",
+                                    "--out", "{tmp}/out"), "empty.txt"),
+    Case("one-shot option with a gradual method", ("prune", "{dense}", "--steps", "10", "--reconstruct", "lstsq",
+                                                   "--out", "{tmp}/out"), "--reconstruct applies to one-shot"),
+    Case("output exists", ("prune", "{dense}", "--out", "{pruned}"), "pass --overwrite"),
+    Case("--overwrite on a directory ffnprune did not write", ("prune", "{dense}", "--out", "{tmp}/mine",
+                                                               "--overwrite"), "holds other files"),
+    Case("output under a file", ("prune", "{dense}", "--out", "{tmp}/afile/out"), "is a file, not a directory"),
+    Case("resume with a changed keep", ("prune", "--resume", "{work}", "--keep", "0.25"), "--keep (0.5 -> 0.25)"),
+    Case("resume a directory with no checkpoint", ("prune", "--resume", "{tmp}/empty"), "holds no checkpoint"),
+    Case("unknown flag", ("prune", "{dense}", "--kep", "0.5", "--out", "{tmp}/out"), "unrecognized arguments"),
+    Case("evaluate: --context 0", ("evaluate", "{dense}", "--context", "0"), "--context '0'"),
+    Case("evaluate: --batch-size 0", ("evaluate", "{dense}", "--batch-size", "0"), "--batch-size '0'"),
+    Case("evaluate: --limit 0", ("evaluate", "{dense}", "--task", "samsum", "--limit", "0"), "--limit '0'"),
+    Case("evaluate: --limit on WikiText", ("evaluate", "{dense}", "--limit", "5"), "use --max-tokens"),
+    Case("evaluate: stride longer than context", ("evaluate", "{dense}", "--context", "32", "--stride", "64"),
+         "--stride 64 is longer than --context 32"),
+    Case("evaluate: --out is a directory", ("evaluate", "{dense}", "--out", "{tmp}/empty"), "is a directory"),
+    Case("evaluate: unknown task", ("evaluate", "{dense}", "--task", "summarise"), "unknown task 'summarise'"),
+    Case("analyze: --threshold above 1", ("analyze", "{dense}", "--out", "{tmp}/out", "--threshold", "2"),
+         "--threshold '2'"),
+    Case("export without a format", ("export", "{pruned}", "--out", "{tmp}/out"), "needs a format"),
+)
+
+
+def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
+    """The files the cases refer to, in `tmp`; returns the placeholders."""
+    from ffnprune.cli.main import main
+
+    (tmp / "empty").mkdir()
+    (tmp / "empty.txt").write_text("")
+    (tmp / "afile").write_text("a file, not a directory\n")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("the user's own file\n")
+    (tmp / "maybe.yaml").write_text("distill: maybe\nsteps: 10\n")
+    (tmp / "list.yaml").write_text("method: [gum, random]\n")
+    (tmp / "typo.yaml").write_text("metod: gum\n")
+    bert = tmp / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    for name, change in (("damaged", "drop"), ("truncated", "truncate")):
+        target = tmp / name
+        target.mkdir()
+        for path in dense.iterdir():
+            (target / path.name).write_bytes(path.read_bytes())
+        weights = target / "model.safetensors"
+        if change == "drop":
+            tensors = load_file(str(weights))
+            del tensors["model.layers.1.mlp.up_proj.weight"]
+            save_file(tensors, str(weights), metadata={"format": "pt"})
+        else:
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    pruned = tmp / "pruned"
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["prune", str(dense), "--out", str(pruned)]) == 0
+    work = _interrupted_run(tmp, dense, data)
+    return {"tmp": str(tmp), "dense": str(dense), "pruned": str(pruned), "data": str(data), "work": str(work)}
+
+
+def _interrupted_run(tmp: Path, dense: Path, data: Path) -> Path:
+    """The work directory of a fine-pruning run stopped after its first checkpoint."""
+    import ffnprune.training.loop as loop
+    from ffnprune.cli.main import main
+
+    original = loop.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    loop.save_checkpoint = save_then_stop
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            main(["prune", str(dense), "--method", "movement", "--steps", "4", "--checkpoint-every", "2",
+                  "--context", "32", "--batch-size", "2", "--data", str(data), "--out", str(tmp / "run")])
+    finally:
+        loop.save_checkpoint = original
+    return tmp / "run.work"
+
+
+def listing(root: Path) -> dict[str, int]:
+    """Every file under root with its size (hidden ones included)."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_case(case: Case, places: dict[str, str]) -> dict:
+    """Run one case through the CLI; its exit code, error lines and what it changed on disk."""
+    from ffnprune.cli.main import main
+
+    root = Path(places["tmp"])
+    argv = [part.format(**places) for part in case.argv]
+    before = listing(root)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    after = listing(root)
+    changed = sorted(set(after) ^ set(before) | {p for p in after if p in before and after[p] != before[p]})
+    errors = [line for line in stderr.getvalue().splitlines() if line.startswith("ffnprune: error:")]
+    return {"what": case.what, "command": "ffnprune " + " ".join(case.argv), "code": code, "errors": errors,
+            "expected": case.expect.format(**places), "changed": changed,
+            "message": errors[0].removeprefix("ffnprune: error: ").replace(places["tmp"], "TMP") if errors else ""}
+
+
+def umask_run(tmp: Path, dense: Path) -> dict:
+    """Modes of what `prune` writes under umask 022."""
+    from ffnprune.cli.main import main
+
+    old = os.umask(0o022)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            assert main(["prune", str(dense), "--out", str(tmp / "modes")]) == 0
+    finally:
+        os.umask(old)
+    return {p.name: p.stat().st_mode & 0o777 for p in [tmp / "modes", *(tmp / "modes").iterdir()]}
