@@ -15,9 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bad_inputs import CASES, prepare, run_case, umask_run  # noqa: E402
-from tiny_models import tiny_model  # noqa: E402
-
 from ffnprune.tasks.data import default_data_dir  # noqa: E402
+from tiny_models import tiny_model  # noqa: E402
 
 
 def main() -> None:
