@@ -23,6 +23,10 @@ class Case:
 CASES = (
     Case("unknown architecture", ("prune", "{tmp}/bert", "--out", "{tmp}/out"), "unsupported architecture 'bert'"),
     Case("model path that does not exist", ("prune", "{tmp}/nowhere", "--out", "{tmp}/out"), "does not exist"),
+    Case("fine-pruning a model path that does not exist", ("prune", "{tmp}/nowhere", "--steps", "10", "--out",
+                                                           "{tmp}/out"), "does not exist"),
+    Case("teacher path that does not exist", ("prune", "{dense}", "--steps", "10", "--distill", "--teacher",
+                                              "{tmp}/no-teacher", "--out", "{tmp}/out"), "--teacher"),
     Case("checkpoint with a missing tensor", ("prune", "{tmp}/damaged", "--out", "{tmp}/out"),
          "missing tensors model.layers.1.mlp.up_proj.weight"),
     Case("truncated (corrupt) checkpoint", ("prune", "{tmp}/truncated", "--out", "{tmp}/out"), "corrupt"),

@@ -23,7 +23,7 @@ from ffnprune.evaluation.run import evaluate_model
 from ffnprune.io.atomic import check_output_dir, write_json_atomic
 from ffnprune.io.pruned_dir import read_metadata, save_pruned
 from ffnprune.messages import say
-from ffnprune.models import LoadedModel, fit_context, load_model, pick_device
+from ffnprune.models import LoadedModel, check_model_spec, fit_context, load_model, pick_device
 from ffnprune.pruning.oneshot import (
     calibration_metadata,
     compact_with_metadata,
@@ -55,6 +55,9 @@ def check_config(config: PruneConfig) -> Method:
         raise FfnpruneError("no MODEL given: name a hub id, a model directory, a .gguf file or 'smollm2-135m'")
     if not config.out:
         raise FfnpruneError("no --out given: name the directory to write the pruned model to")
+    check_model_spec(config.model)
+    if config.distill.teacher:
+        check_model_spec(config.distill.teacher, "--teacher")
     check_keep(config.keep)
     method = get_method(config.method)
     mu = config.penalty.mu

@@ -165,6 +165,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_model_spec(spec: str, option: str = "MODEL") -> None:
+    """Refuse a local path that does not exist (or a file that is not a .gguf) before any work starts."""
+    spec = str(spec)
+    if spec.lower() == SMOLLM2_ALIAS:
+        smollm2_gguf_path()
+        return
+    location = Path(spec).expanduser()
+    if location.exists():
+        if location.is_file() and location.suffix != ".gguf":
+            raise FfnpruneError(f"{option} {spec} is a file but not a .gguf file; give a model directory or a .gguf "
+                                "file")
+    elif location.suffix == ".gguf" or _looks_like_path(spec):
+        raise FfnpruneError(f"{option} {spec}: model path does not exist; check the path")
+
+
 def load_model(spec: str, dtype="float32", device: str = "cpu") -> LoadedModel:
     """Load MODEL in evaluation mode on DEVICE; unsupported architectures are refused before any weights are read."""
     spec = str(spec)
