@@ -33,7 +33,7 @@ def configure_cli_logging(quiet: bool = False) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
-    shown = warnings.showwarning
+    shown = getattr(warnings.showwarning, "passes_to", warnings.showwarning)  # wrap once, however often called
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, FfnpruneWarning):
@@ -41,4 +41,5 @@ def configure_cli_logging(quiet: bool = False) -> None:
         else:
             shown(message, category, filename, lineno, file, line)
 
+    show.passes_to = shown
     warnings.showwarning = show
