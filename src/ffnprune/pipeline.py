@@ -307,8 +307,8 @@ def check_resumed_options(config: PruneConfig, workdir: Path) -> dict:
     """The options that differ from the run's run.yaml: those that would change what the run is are refused;
     returns the others, {name: [before, now]}."""
     recorded = read_yaml(workdir / RUN_CONFIG, PruneConfig)
-    changes = {name: [recorded.get(name), value] for name, value in to_flat_dict(config).items()
-               if recorded.get(name) != value}
+    changes = {name: [recorded[name], value] for name, value in to_flat_dict(config).items()
+               if name in recorded and recorded[name] != value}  # an option newer than the run keeps its default
     refused = {name: change for name, change in changes.items() if name not in CHANGEABLE_ON_RESUME}
     if refused:
         listed = ", ".join(f"--{n.replace('_', '-')} ({a!r} -> {b!r})" for n, (a, b) in refused.items())

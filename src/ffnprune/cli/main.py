@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser(
         "prune", help="prune a model's MLP neurons and save the smaller model",
-        description=f"Methods: {', '.join(METHODS)}. --steps 0 prunes in one shot (random, magnitude); "
-        "--steps N fine-prunes for N optimizer steps with the cubic schedule.",
+        description=f"Methods: {', '.join(METHODS)}. --steps 0 prunes in one shot (random, magnitude, and the "
+        "calibrated criteria, which refit each layer); --steps N fine-prunes for N optimizer steps with the cubic "
+        "schedule (calibrated criteria: one-shot, then N recovery steps).",
     )
     add_config_arguments(prune, PruneConfig)
     prune.add_argument("--config", help="YAML file of options (flat keys named like the flags); flags override it")
