@@ -178,6 +178,7 @@ def test_resume_honours_a_new_learning_rate_and_records_it(tiny_dirs, data_dir, 
     metadata = read_metadata(out)
     assert metadata["hyperparameters"]["lr"] == 1e-4
     assert metadata["training"]["resumed"] == [{"from_step": 4, "changed": {"lr": [1e-3, 1e-4]}}]
+    assert metadata["training"]["mixed_precision"] == "no"  # what ran (no flag, no accelerate config on CPU)
 
 
 def test_mu_for_a_method_that_ignores_it_warns(tiny_dirs, data_dir, tmp_path):

@@ -275,6 +275,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say
                 "train_split": config.train_split, "eval_split": config.eval_split, "context": length,
                 "train_examples": len(train_examples)}
     training = {"final_loss": outcome.final_loss, "log": LOG, "resumed": read_resumes(workdir),
+                "mixed_precision": outcome.mixed_precision,
                 "kind": "recovery after one-shot pruning" if recovering else "fine-pruning",
                 "distilled": teacher is not None, "init_scores": config.calibration.init_scores}
     if recovering:

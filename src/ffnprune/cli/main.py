@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("directory", help="a pruned model directory")
     export.add_argument("--uniform", action="store_true", help="pad every layer to the widest layer's width")
     export.add_argument("--out", required=True, help="output directory")
-    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it is a directory ffnprune wrote")
     export.set_defaults(handler=_export)
 
     bench = commands.add_parser("bench", help="measure a pruned model's speed against the dense one")
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(bench_training, TrainingBenchConfig)
     bench_training.set_defaults(handler=_bench_training)
 
-    demo = commands.add_parser("demo", help="fine-prune with GUM and random, compact, compare perplexity and speed")
+    demo = commands.add_parser("demo", help="prune SmolLM2 with one-shot OBS (+ recovery) and GUM, compact, compare "
+                               "perplexity and speed")
     add_config_arguments(demo, DemoConfig)
     demo.set_defaults(handler=_demo)
     return parser
@@ -188,18 +189,19 @@ def _interrupted(args) -> None:
     """Ctrl-C: say what was kept and how to go on."""
     print("ffnprune: interrupted", file=sys.stderr)
     out = getattr(args, "out", None)
-    if args.command == "prune" and out:
+    resumed = getattr(args, "resume", None)
+    if args.command == "prune" and (out or resumed):
         from ffnprune.pipeline import work_dir
         from ffnprune.training.checkpoint import resumable_checkpoint
         from ffnprune.training.loop import CHECKPOINT
 
-        workdir = work_dir(out)
+        workdir = Path(resumed) if resumed else work_dir(out)
         if resumable_checkpoint(workdir / CHECKPOINT):
             print(f"ffnprune: continue from the last checkpoint with: ffnprune prune --resume {workdir}",
                   file=sys.stderr)
         else:
             print("ffnprune: no checkpoint was written (--checkpoint-every N writes them); nothing was saved to "
-                  f"{out}", file=sys.stderr)
+                  f"{out or 'the output'}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,7 @@ class TrainingOutcome:
     log: Path
     pruner_state: dict[str, torch.Tensor]  # final scores and GUM statistics
     processes: int
+    mixed_precision: str  # what ran: --mixed-precision, else accelerate's configuration
 
 
 def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty, train_examples: Examples,
@@ -194,7 +195,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     pruner.detach()
     accelerator.unwrap_model(wrapper).model.eval()
     return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, log=log_path,
-                           pruner_state=pruner.state(), processes=accelerator.num_processes)
+                           pruner_state=pruner.state(), processes=accelerator.num_processes,
+                           mixed_precision=str(accelerator.mixed_precision))
 
 
 def _evaluate(wrapper: PrunableModel, pruner: FinePruner, examples: Examples, batch_size: int) -> float:
