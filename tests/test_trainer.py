@@ -1,0 +1,82 @@
+"""Fine-pruning inside a real transformers Trainer: masks, schedule and saved widths."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch.utils.data import Dataset
+from transformers import TrainingArguments
+
+from ffnprune.adapters import adapter_for
+from ffnprune.criteria import get_method
+from ffnprune.io.pruned_dir import load_pruned
+from ffnprune.schedules import CubicSchedule
+from ffnprune.training.hooks import FinePruner, PenaltySettings
+from ffnprune.training.trainer import FinePruningTrainer, save_fine_pruned
+from tiny_models import VOCAB, tiny_model
+
+
+class RandomText(Dataset):
+    def __init__(self, rows=32, length=16):
+        self.ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        ids = self.ids[index]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def test_gum_fine_prunes_inside_a_trainer_and_saves_a_compact_model(tmp_path):
+    steps, keep = 10, 0.5
+    model = tiny_model("llama").train()
+    adapter = adapter_for(model.config)
+    schedule = CubicSchedule(steps, keep)
+    pruner = FinePruner(model, adapter, get_method("gum"), schedule, PenaltySettings(mu=1.0))
+    seen = []  # (step, neurons kept by the masks of each forward)
+    original = pruner.before_forward
+
+    def recording(attention_mask=None):
+        original(attention_mask)
+        seen.append((pruner.step, pruner.active_neurons()))
+
+    pruner.before_forward = recording
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=steps, per_device_train_batch_size=4,
+                             learning_rate=1e-3, report_to=[], save_strategy="no", logging_steps=5, use_cpu=True,
+                             seed=0)
+    trainer = FinePruningTrainer(pruner=pruner, model=model, args=args, train_dataset=RandomText())
+    scores_before = [s.detach().clone() for s in pruner.scores.layers()]
+    trainer.train()
+
+    total = sum(adapter.mlp_widths(model))
+    assert [step for step, _ in seen] == list(range(steps))  # one forward per step, each at its own step
+    for step, active in seen:  # global Top_v: floor(v_t * total) neurons, v_t from the schedule
+        assert active == int(schedule.keep_fraction(step) * total + 1e-9), (step, active)
+    assert pruner.step == steps
+    assert any(not torch.equal(a, b) for a, b in zip(scores_before, pruner.scores.layers()))  # scores trained
+    assert pruner.statistics.gram[0] is not None and pruner.uniqueness[0] is not None  # GUM's statistics ran
+
+    out = save_fine_pruned(trainer, tmp_path / "pruned")
+    reloaded = load_pruned(out)
+    widths = adapter_for(reloaded.config).mlp_widths(reloaded)
+    assert sum(widths) == int(keep * total) and widths == json.loads((out / "pruning.json").read_text())["mlp_widths"]
+    ids = RandomText()[0]["input_ids"][None]
+    with torch.no_grad():
+        assert (reloaded(ids).logits - model(ids).logits).abs().max() <= 1e-5
+
+
+def test_the_documented_example_runs(tiny_model_dir, data_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "trainer_gum.py"
+    out = tmp_path / "gum"
+    result = subprocess.run([sys.executable, str(script), "--model", str(tiny_model_dir("llama")), "--data",
+                             str(data_dir), "--steps", "6", "--context", "32", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    widths = json.loads((out / "pruning.json").read_text())["mlp_widths"]
+    assert sum(widths) == 160 and load_pruned(out) is not None  # keep 0.5 of 4 x 80, globally
