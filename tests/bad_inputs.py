@@ -83,6 +83,10 @@ CASES = (
     Case("evaluate: unknown task", ("evaluate", "{dense}", "--task", "summarise"), "unknown task 'summarise'"),
     Case("analyze: --threshold above 1", ("analyze", "{dense}", "--out", "{tmp}/out", "--threshold", "2"),
          "--threshold '2'"),
+    Case("--push-to-hub offline", ("prune", "{dense}", "--push-to-hub", "me/pruned", "--out", "{tmp}/out"),
+         "HF_HUB_OFFLINE is set"),
+    Case("--push-to-hub with a malformed repository id", ("prune", "{dense}", "--push-to-hub", "not a repo!",
+                                                          "--out", "{tmp}/out"), "is not a hub repository id"),
     Case("export without a format", ("export", "{pruned}", "--out", "{tmp}/out"), "needs a format"),
 )
 

@@ -140,6 +140,8 @@ class PruneConfig:
     eval_limit: Count | None = option(None, "with --evaluate: only the first N items of a generation task, or the "
                                             "first N tokens of WikiText")
     overwrite: bool = option(False, "replace --out if it is a model directory ffnprune wrote")
+    push_to_hub: str | None = option(None, "upload the saved directory (model card included) to this hub "
+                                           "repository, OWNER/NAME, created private if missing")
     dtype: SavedDtype | None = option(None, "dtype of the saved weights: float32, bfloat16 or float16 (default: the "
                                             "source checkpoint's, float32 for a GGUF source, which is dequantised)")
     schedule: ScheduleConfig = group(ScheduleConfig)

@@ -21,6 +21,7 @@ from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
 from ffnprune.io.atomic import check_output_dir, write_json_atomic
+from ffnprune.io.hub import check_push, push_directory
 from ffnprune.io.pruned_dir import read_metadata, save_pruned
 from ffnprune.messages import say
 from ffnprune.models import LoadedModel, check_model_spec, fit_context, load_model, pick_device
@@ -56,6 +57,8 @@ def check_config(config: PruneConfig) -> Method:
     if not config.out:
         raise FfnpruneError("no --out given: name the directory to write the pruned model to")
     check_model_spec(config.model)
+    if config.push_to_hub:
+        check_push(config.push_to_hub)
     if config.distill.teacher:
         check_model_spec(config.distill.teacher, "--teacher")
     check_keep(config.keep)
@@ -127,6 +130,14 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
 def prune(config: PruneConfig, resume: str | Path | None = None, say=say) -> Path:
     """Prune as configured; with `resume`, continue the fine-pruning or recovery run whose work directory it names."""
     method = check_config(config)
+    out = _prune(config, method, resume, say)
+    if config.push_to_hub and PartialState().is_main_process:
+        say(f"pushing {out} to {config.push_to_hub} ...")
+        say(f"pushed: {push_directory(out, config.push_to_hub)}")
+    return out
+
+
+def _prune(config: PruneConfig, method: Method, resume, say) -> Path:
     if config.steps == 0:
         if resume is not None:
             raise FfnpruneError("--resume continues a fine-pruning run; one-shot pruning (--steps 0) has nothing to "
@@ -301,7 +312,7 @@ RESUMES = "resumes.json"
 # What a resumed run may change: how it learns from here on and what it reports, not what it is.
 CHANGEABLE_ON_RESUME = ("lr", "score_lr", "weight_decay", "adam_eps", "clip", "eval_every", "eval_tokens",
                         "checkpoint_every", "evaluate", "eval_limit", "overwrite", "mixed_precision",
-                        "calibration_device", "dtype")
+                        "calibration_device", "dtype", "push_to_hub")
 
 
 def check_resumed_options(config: PruneConfig, workdir: Path) -> dict:

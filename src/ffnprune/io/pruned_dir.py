@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ffnprune.adapters import adapter_for
@@ -17,9 +19,11 @@ from ffnprune.compaction import base_class, pad_mlps
 from ffnprune.errors import FfnpruneError
 from ffnprune.io import remote_modeling
 from ffnprune.io.atomic import atomic_directory, write_json_atomic
+from ffnprune.io.model_card import header_summary, model_card
 from ffnprune.io.strict_load import check_loading_info
 
 METADATA_FILE = "pruning.json"
+CARD_FILE = "README.md"
 
 
 def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
@@ -38,6 +42,8 @@ def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: d
     with atomic_directory(out, overwrite) as staging:
         _save_plain(model, tokenizer, staging)  # the pruned class writes its modelling file and auto_map
         write_json_atomic(staging / METADATA_FILE, {**metadata, "mlp_widths": spec["mlp_widths"]})
+        (staging / CARD_FILE).write_text(model_card(metadata, spec["mlp_widths"], Path(out).name))
+        stamp_safetensors(staging, header_summary(metadata, spec["mlp_widths"]))
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
     return Path(out)
@@ -49,6 +55,16 @@ def is_pruned_directory(directory: str | os.PathLike) -> bool:
         return "ffnprune" in json.loads((Path(directory) / "config.json").read_text())
     except (OSError, ValueError):
         return False
+
+
+def stamp_safetensors(directory: Path, summary: dict[str, str]) -> None:
+    """Add the pruning summary to the header of every safetensors file in `directory` (tools that read only the
+    weights still see what they are)."""
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        save_file(tensors, str(path), metadata={**header, **summary})
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
@@ -109,6 +125,8 @@ def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwri
     with atomic_directory(out, overwrite) as staging:
         _save_plain(model, tokenizer, staging)
         write_json_atomic(staging / METADATA_FILE, metadata)
+        (staging / CARD_FILE).write_text(model_card(metadata, [width] * len(spec["mlp_widths"]), Path(out).name,
+                                                    remote_code=False))
     return Path(out)
 
 

@@ -1,0 +1,82 @@
+"""The model card (README.md) every pruned directory carries: hub metadata, the recipe, the measured metrics, and
+how to load it; and the summary stamped into the safetensors header."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ffnprune
+
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # ffnprune's aliases and what they are
+
+
+def base_model(source: str | None) -> str | None:
+    """The hub id the pruned model derives from, when the source was one (not a local path)."""
+    if not source:
+        return None
+    if source.lower() in HUB_IDS:
+        return HUB_IDS[source.lower()]
+    looks_local = source.startswith((".", "/", "~")) or source.endswith(".gguf") or Path(source).exists()
+    return None if looks_local or source.count("/") != 1 else source
+
+
+def _front_matter(metadata: dict) -> str:
+    tags = ["ffnprune", "pruned", "structured-pruning"] + ([metadata["method"]] if metadata.get("method") else [])
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"]
+    lines += [f"- {tag}" for tag in tags]
+    base = base_model(metadata.get("source_model"))
+    if base:
+        lines.append(f"base_model: {base}")
+    return "\n".join(lines + ["---", ""])
+
+
+def _metrics(metadata: dict) -> list[str]:
+    evaluation = metadata.get("evaluation") or {}
+    metrics = {k: v for k, v in (evaluation.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    if not metrics:
+        return ["No evaluation was run with the pruning (`ffnprune prune --evaluate` records one; `ffnprune evaluate "
+                "DIR` measures it later).", ""]
+    lines = [f"Measured on {evaluation.get('task')} {evaluation.get('split')}:", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.4g} |" for name, value in metrics.items()]
+    return lines + [""]
+
+
+def model_card(metadata: dict, widths: list[int], name: str, remote_code: bool = True) -> str:
+    """README.md for a pruned directory named `name` (`remote_code` False: a uniform export, a stock checkpoint)."""
+    before = metadata.get("mlp_widths_before") or []
+    source = metadata.get("source_model") or "an unrecorded model"
+    recipe = [("method", metadata.get("method")), ("keep fraction asked", metadata.get("keep")),
+              ("neurons kept", f"{sum(widths):,} of {sum(before):,}" if before else f"{sum(widths):,}"),
+              ("steps", metadata.get("steps")), ("seed", metadata.get("seed")),
+              ("selection", metadata.get("selection")), ("saved dtype", metadata.get("saved_dtype")),
+              ("parameters", f"{metadata['parameters_after']:,} (from {metadata['parameters_before']:,})"
+               if metadata.get("parameters_after") and metadata.get("parameters_before") else None),
+              ("ffnprune", metadata.get("ffnprune_version", ffnprune.__version__))]
+    one_shot = metadata.get("one_shot") or {}
+    if one_shot.get("criterion"):
+        recipe.append(("one-shot", f"{one_shot['criterion']} with {one_shot.get('reconstruct')} reconstruction"))
+    uniform = len(set(widths)) == 1
+    lines = [_front_matter(metadata), f"# {name}", "",
+             f"{source}, with the MLP neurons of every decoder layer pruned by "
+             f"[ffnprune](https://pypi.org/project/ffnprune/) (structured pruning after Santacroce et al., 2023, "
+             "\"What Matters in the Structured Pruning of Generative Language Models?\"). Whole neurons are removed, "
+             "so the model is physically smaller.", "", "## Recipe", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in recipe if value is not None]
+    trust = ", trust_remote_code=True" if remote_code else ""
+    why = ("The per-layer widths need the modelling file shipped here (`modeling_ffnprune.py`, torch and "
+           "transformers only), hence `trust_remote_code=True`." if remote_code else
+           "A stock checkpoint of its architecture: every layer has the same MLP width (a uniform export).")
+    shown = f"{widths[0]} in every layer" if uniform else ", ".join(map(str, widths))
+    lines += ["", f"MLP widths per layer: {shown}", "", "## Metrics", "", *_metrics(metadata), "## Loading", "",
+              "```python", "import transformers",
+              f'model = transformers.AutoModelForCausalLM.from_pretrained("{name}"{trust})',
+              f'tokenizer = transformers.AutoTokenizer.from_pretrained("{name}")', "```", "",
+              f"{why} `pruning.json` holds the whole recipe and the kept neuron indices.", ""]
+    return "\n".join(lines)
+
+
+def header_summary(metadata: dict, widths: list[int]) -> dict[str, str]:
+    """What the safetensors header carries beside "format": the pruning, as one JSON string."""
+    keys = ("ffnprune_version", "source_model", "method", "keep", "steps", "seed", "saved_dtype")
+    return {"ffnprune": json.dumps({**{k: metadata.get(k) for k in keys}, "mlp_widths": widths})}
