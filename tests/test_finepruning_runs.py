@@ -255,3 +255,17 @@ def test_the_shipped_config_file_is_valid():
     path = Path(__file__).parents[1] / "configs" / "gum-wikitext.yaml"
     config = build_config(PruneConfig, {**read_yaml(path, PruneConfig), "model": "m", "out": "o"})
     assert config.method == "gum" and config.penalty.mu == 1.0 and config.training.lr == 5e-4
+
+
+def test_gum_with_uniform_widths_exports_a_stock_checkpoint_at_its_real_width(tiny_dirs, data_dir, tmp_path):
+    out = prune(config(tiny_dirs["llama"], tmp_path / "gum-uniform", data_dir, method="gum", mu=1.0, keep=0.5,
+                       uniform_widths=True), say=lambda *a: None)
+    metadata = read_metadata(out)
+    assert metadata["mlp_widths"] == [40, 40, 40, 40] and "uniform widths" in metadata["selection"]
+    uniform = tmp_path / "stock"
+    assert main(["-q", "export", str(out), "--uniform", "--out", str(uniform)]) == 0
+    stock = json.loads((uniform / "config.json").read_text())
+    assert stock["intermediate_size"] == 40 and stock["model_type"] == "llama"  # the real width, no padding
+    with pytest.raises(FfnpruneError, match="--uniform-widths applies to the global methods"):
+        prune(config(tiny_dirs["llama"], tmp_path / "x", data_dir, method="movement", uniform_widths=True),
+              say=lambda *a: None)

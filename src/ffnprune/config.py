@@ -128,6 +128,9 @@ class PruneConfig:
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
     steps: Steps = option(0, "optimizer steps: fine-pruning for random, magnitude and the learned methods; recovery "
                            "(fine-tuning the one-shot pruned model) for calibrated criteria; 0: one-shot only")
+    uniform_widths: bool = option(False, "global methods (global-movement, gum, anti-gum) keep the same width in "
+                                         "every layer: the global ranking under a per-layer quota, so the result "
+                                         "exports to a stock checkpoint with no padding")
     round_to: Count = option(1, "round each layer's kept width to a multiple of N (8, 64, 128: faster kernels)")
     seed: int = option(0, "random seed")
     task: str = option("wikitext", "task to fine-prune on")

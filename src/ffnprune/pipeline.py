@@ -79,6 +79,10 @@ def check_config(config: PruneConfig) -> Method:
         if unused:
             raise FfnpruneError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to training, and "
                                 "--steps 0 trains nothing; give --steps N, or drop them")
+    if config.uniform_widths and method.selection != "global":
+        how = "by threshold" if method.selection == "threshold" else "per layer already"
+        raise FfnpruneError(f"--uniform-widths applies to the global methods (global-movement, gum, anti-gum); "
+                            f"{method.name} selects {how}")
     if config.eval_limit is not None and not config.evaluate:
         raise FfnpruneError("--eval-limit limits the final evaluation; add --evaluate, or drop it")
     check_calibration_options(config, method)

@@ -229,7 +229,8 @@ def compact_with_metadata(loaded: LoadedModel, config: PruneConfig, kept: list[t
     if compact:
         compact_mlps(model, adapter, kept)
     method = get_method(config.method)
-    selection = ("threshold" if method.selection == "threshold" else f"{method.selection} top-v") if config.steps \
+    gradual = "local (uniform widths)" if config.uniform_widths else method.selection
+    selection = ("threshold" if method.selection == "threshold" else f"{gradual} top-v") if config.steps \
         and not method.calibrated else f"one-shot, {config.calibration.selection} widths"
     return {
         "ffnprune_version": ffnprune.__version__,

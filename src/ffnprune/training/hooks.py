@@ -43,14 +43,16 @@ class PenaltySettings:
 class FinePruner:
     """Masks a model's MLP neurons by scores that follow a method and a schedule, step by step. With `method`
     None it prunes nothing (the recovery fine-tuning of a one-shot pruned model): no masks, no scores, no penalty.
-    `initial_scores` start a learned method's scores elsewhere than at 0 (calibrated scores, --init-scores)."""
+    `initial_scores` start a learned method's scores elsewhere than at 0 (calibrated scores, --init-scores).
+    `uniform_widths` makes the global methods keep the same share of every layer."""
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, method: Method | None, schedule: CubicSchedule,
                  penalty: PenaltySettings = PenaltySettings(), seed: int = 0,
                  reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t, round_to: int = 1,
-                 initial_scores: list[torch.Tensor] | None = None):
+                 initial_scores: list[torch.Tensor] | None = None, uniform_widths: bool = False):
         self.model, self.adapter, self.method, self.schedule, self.settings = model, adapter, method, schedule, penalty
         self.round_to = round_to
+        self.uniform_widths = uniform_widths
         self.reduce = reduce
         self.step = 0
         self.widths = widths = adapter.mlp_widths(model)
@@ -83,7 +85,10 @@ class FinePruner:
             kept = threshold_selection(scores, self.schedule.threshold(self.step, self.settings.soft_threshold),
                                        self.schedule.final_keep)
         else:
-            select = global_top_v if self.method.selection == "global" else local_top_v
+            # uniform_widths: the global ranking under a per-layer quota of int(v_t N_l), which is each layer's top
+            # int(v_t N_l); GUM's penalty still weighs uniqueness, and the result exports as a stock checkpoint.
+            ranked_globally = self.method.selection == "global" and not self.uniform_widths
+            select = global_top_v if ranked_globally else local_top_v
             kept = select(scores, self.keep_fraction)
         return round_widths(kept, scores, self.round_to)
 

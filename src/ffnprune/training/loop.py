@@ -102,6 +102,7 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     model.to(accelerator.device).train()
     pruner = FinePruner(model, adapter, method, schedule, penalty, config.seed,
                         reduce=lambda t: accelerator.reduce(t, "mean"), round_to=config.round_to,
+                        uniform_widths=config.uniform_widths,
                         initial_scores=initial_scores)
     wrapper = PrunableModel(model, pruner.scores)
     optimizer = torch.optim.AdamW(
