@@ -71,7 +71,7 @@ def model_card(metadata: dict, widths: list[int], name: str, remote_code: bool =
     lines += ["", f"MLP widths per layer: {shown}", "", "## Metrics", "", *_metrics(metadata), "## Loading", "",
               "```python", "import transformers",
               f'model = transformers.AutoModelForCausalLM.from_pretrained("{name}"{trust})',
-              f'tokenizer = transformers.AutoTokenizer.from_pretrained("{name}")', "```", "",
+              f'tokenizer = transformers.AutoTokenizer.from_pretrained("{name}"{trust})', "```", "",
               f"{why} `pruning.json` holds the whole recipe and the kept neuron indices.", ""]
     return "\n".join(lines)
 

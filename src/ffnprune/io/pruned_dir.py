@@ -105,7 +105,7 @@ def load_pruned(directory: str | os.PathLike, **from_pretrained_kwargs) -> nn.Mo
 def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Pad every layer with zero neurons to the widest layer's width and save as a plain transformers model."""
     model = load_pruned(directory)
-    tokenizer = _load_tokenizer(directory)
+    tokenizer = _load_tokenizer(directory, model.config)
     adapter = adapter_for(model.config)
     spec = model.config.ffnprune
     width = max(1, *spec["mlp_widths"])  # a width of 0 everywhere would not build in every architecture
@@ -146,8 +146,8 @@ def _stock_mlp_bias(model: nn.Module, adapter, directory) -> None:
                 projection.bias = nn.Parameter(projection.weight.new_zeros(projection.weight.shape[0]))
 
 
-def _load_tokenizer(directory: str | os.PathLike):
-    try:
-        return transformers.AutoTokenizer.from_pretrained(directory)
+def _load_tokenizer(directory: str | os.PathLike, config):
+    try:  # with the model's config: transformers would otherwise ask whether to run the directory's config code
+        return transformers.AutoTokenizer.from_pretrained(directory, config=config)
     except (OSError, ValueError):
         return None  # a model saved without a tokenizer stays usable

@@ -26,7 +26,8 @@ CONFIG_CLASS = "FfnprunedConfig"
 _SOURCE_TAIL = "\n\n# The source architecture of this pruned model.\n"
 # config.json's model_type: no stock class claims it, so plain from_pretrained (without remote code) stops and asks
 # for trust_remote_code=True, instead of building the stock model at one width and offering
-# ignore_mismatched_sizes=True, which would load random MLPs. AutoTokenizer falls back to the tokenizer files.
+# ignore_mismatched_sizes=True, which would load random MLPs. AutoTokenizer takes trust_remote_code=True too (without
+# it transformers asks, then falls back to the tokenizer files).
 PRUNED_MODEL_TYPE = "ffnprune"
 
 
