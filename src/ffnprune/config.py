@@ -267,6 +267,12 @@ def key(entry) -> str:
     return entry.name.rstrip("_")
 
 
+def flag(name: str) -> str:
+    """The command-line flag of an option name or field name: lr -> --lr, lambda_ -> --lambda, score_lr ->
+    --score-lr."""
+    return "--" + name.rstrip("_").replace("_", "-")
+
+
 def load_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """A YAML file that must exist and hold a mapping, or an error naming the file and the problem."""
     path = Path(path)
@@ -311,8 +317,8 @@ def build_config(config_class, values: dict):
     except pydantic.ValidationError as error:
         problems = []
         for problem in error.errors():
-            name = str(problem["loc"][-1]).rstrip("_").replace("_", "-") if problem["loc"] else "?"
-            problems.append(f"--{name} {problem.get('input')!r}: {problem['msg'].lower()}")
+            name = flag(str(problem["loc"][-1])) if problem["loc"] else "?"
+            problems.append(f"{name} {problem.get('input')!r}: {problem['msg'].lower()}")
         raise FfnpruneError("; ".join(problems)) from None
 
 

@@ -16,7 +16,7 @@ from accelerate import PartialState
 
 from ffnprune.benchmark.memory import PeakMemory
 from ffnprune.calibration import CalibrationData, calibration_data, check_calibration_file
-from ffnprune.config import EvaluateConfig, PruneConfig, key, read_yaml, to_flat_dict
+from ffnprune.config import EvaluateConfig, PruneConfig, flag, read_yaml, to_flat_dict
 from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
@@ -97,7 +97,7 @@ def check_config(config: PruneConfig) -> Method:
 
 def _changed_options(group) -> list[str]:
     """The flags of a config group whose values differ from their defaults."""
-    return ["--" + key(entry).replace("_", "-") for entry in dataclasses.fields(group)
+    return [flag(entry.name) for entry in dataclasses.fields(group)
             if getattr(group, entry.name) != entry.default]
 
 
@@ -149,10 +149,7 @@ def _prune(config: PruneConfig, method: Method, resume, say) -> Path:
         check_output_dir(config.out, config.overwrite)
         say(f"loading {config.model} ...")
         loaded = load_model(config.model)
-        metadata = prune_once(loaded, config, method, say)
-        metadata["saved_dtype"] = round_to_saved_dtype(loaded, config)
-        metadata["evaluation"] = final_evaluation(config, loaded, say)
-        return save_in_dtype(loaded, config.out, metadata, metadata["saved_dtype"], overwrite=config.overwrite)
+        return evaluate_and_save(loaded, config, prune_once(loaded, config, method, say), say)
     return fine_prune(config, method, Path(resume) if resume else None, say)
 
 
@@ -162,20 +159,20 @@ def saved_dtype(loaded: LoadedModel, config: PruneConfig) -> str:
     return config.dtype or loaded.source_dtype or "bfloat16"
 
 
-def round_to_saved_dtype(loaded: LoadedModel, config: PruneConfig) -> str:
-    """Round the weights to the dtype they will be saved in (computing stays float32), so that what --evaluate
-    measures is exactly what is saved; returns the dtype's name."""
-    name = saved_dtype(loaded, config)
-    with torch.no_grad():
-        for parameter in loaded.model.parameters():
-            parameter.copy_(parameter.to(getattr(torch, name)))
-    return name
-
-
-def save_in_dtype(loaded: LoadedModel, out, metadata: dict, dtype: str, **kwargs) -> Path:
-    loaded.model.to(getattr(torch, dtype))
+def evaluate_and_save(loaded: LoadedModel, config: PruneConfig, metadata: dict, say, **save_kwargs) -> Path:
+    """Round the weights to the dtype they are saved in (computing stays float32), so that what --evaluate measures
+    is exactly what is saved; evaluate; save."""
+    metadata["saved_dtype"] = saved_dtype(loaded, config)
+    dtype = getattr(torch, metadata["saved_dtype"])
+    if dtype != torch.float32:
+        with torch.no_grad():
+            for parameter in loaded.model.parameters():
+                parameter.copy_(parameter.to(dtype))
+    metadata["evaluation"] = final_evaluation(config, loaded, say)
+    loaded.model.to(dtype)
     try:
-        return save_pruned(loaded.model, loaded.tokenizer, out, metadata, **kwargs)
+        return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite,
+                           **save_kwargs)
     finally:
         loaded.model.float()
 
@@ -300,12 +297,9 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say
     else:
         metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
                                          hyperparameters=to_flat_dict(config), training=training)
-    metadata["saved_dtype"] = round_to_saved_dtype(loaded, config)
-    metadata["evaluation"] = final_evaluation(config, loaded, say) if state.is_main_process else None
     out = Path(config.out)
     if state.is_main_process:
-        save_in_dtype(loaded, out, metadata, metadata["saved_dtype"], overwrite=config.overwrite,
-                      extra_files={LOG: outcome.log})
+        evaluate_and_save(loaded, config, metadata, say, extra_files={LOG: outcome.log})
         shutil.rmtree(workdir, ignore_errors=True)
     state.wait_for_everyone()
     return out
@@ -327,10 +321,10 @@ def check_resumed_options(config: PruneConfig, workdir: Path) -> dict:
                if name in recorded and recorded[name] != value}  # an option newer than the run keeps its default
     refused = {name: change for name, change in changes.items() if name not in CHANGEABLE_ON_RESUME}
     if refused:
-        listed = ", ".join(f"--{n.replace('_', '-')} ({a!r} -> {b!r})" for n, (a, b) in refused.items())
+        listed = ", ".join(f"{flag(n)} ({a!r} -> {b!r})" for n, (a, b) in refused.items())
         raise FfnpruneError(f"--resume continues the run as it was started; these options differ from its "
                             f"{workdir / RUN_CONFIG}: {listed}. A resumed run may change only "
-                            f"{', '.join('--' + n.replace('_', '-') for n in CHANGEABLE_ON_RESUME)}; start a new "
+                            f"{', '.join(map(flag, CHANGEABLE_ON_RESUME))}; start a new "
                             "run (another --out) to change the rest")
     return changes
 
@@ -339,11 +333,8 @@ def _record_resume(workdir: Path, config: PruneConfig, changes: dict, say) -> No
     """Provenance stays true: run.yaml holds the options now in force, resumes.json when each changed."""
     from ffnprune.training.checkpoint import checkpoint_step
 
-    history_path = workdir / RESUMES
-    history = json.loads(history_path.read_text()) if history_path.is_file() else []
     step = checkpoint_step(resumable_checkpoint(workdir / CHECKPOINT))
-    history.append({"from_step": step, "changed": changes})
-    write_json_atomic(history_path, history)
+    write_json_atomic(workdir / RESUMES, [*read_resumes(workdir), {"from_step": step, "changed": changes}])
     (workdir / RUN_CONFIG).write_text(yaml.safe_dump(to_flat_dict(config), sort_keys=False))
     say(f"resuming at step {step} with " + ", ".join(f"{n} {a!r} -> {b!r}" for n, (a, b) in changes.items()))
 

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import typing
 
-from ffnprune.config import build_config, key, leaf_fields, read_yaml
+from ffnprune.config import build_config, flag, key, leaf_fields, read_yaml
 
 
 def _choices(kind) -> tuple[str, ...]:
@@ -38,14 +38,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
         choices = _choices(kind)
         shown = f" [{'|'.join(choices)}]" if choices else ""
         shown += "" if default is None or _is_bool(kind) else f" (default: {default})"
-        flag = "--" + key(field).replace("_", "-")
+        name = flag(field.name)
         if meta.get("positional"):
             target.add_argument(key(field), nargs="?", default=argparse.SUPPRESS, help=meta["help"])
         elif _is_bool(kind):
-            target.add_argument(flag, dest=key(field), action=argparse.BooleanOptionalAction,
+            target.add_argument(name, dest=key(field), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=meta["help"])
         else:
-            target.add_argument(flag, dest=key(field), default=argparse.SUPPRESS, metavar=key(field).upper(),
+            target.add_argument(name, dest=key(field), default=argparse.SUPPRESS, metavar=key(field).upper(),
                                 help=meta["help"] + shown)
 
 

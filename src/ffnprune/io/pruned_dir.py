@@ -10,8 +10,6 @@ import shutil
 from pathlib import Path
 
 import transformers
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ffnprune.adapters import adapter_for
@@ -20,7 +18,7 @@ from ffnprune.errors import FfnpruneError
 from ffnprune.io import remote_modeling
 from ffnprune.io.atomic import atomic_directory, write_json_atomic
 from ffnprune.io.model_card import header_summary, model_card
-from ffnprune.io.strict_load import check_loading_info
+from ffnprune.io.strict_load import from_pretrained_strictly
 
 METADATA_FILE = "pruning.json"
 CARD_FILE = "README.md"
@@ -59,12 +57,20 @@ def is_pruned_directory(directory: str | os.PathLike) -> bool:
 
 def stamp_safetensors(directory: Path, summary: dict[str, str]) -> None:
     """Add the pruning summary to the header of every safetensors file in `directory` (tools that read only the
-    weights still see what they are)."""
+    weights still see what they are). Only the header is rewritten; the tensor bytes are streamed across as they are
+    (their offsets count from the header's end), so no tensor is read into memory."""
     for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(path), "pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        save_file(tensors, str(path), metadata={**header, **summary})
+        with path.open("rb") as source:
+            length = int.from_bytes(source.read(8), "little")
+            header = json.loads(source.read(length))
+            header["__metadata__"] = {**header.get("__metadata__", {}), **summary}
+            encoded = json.dumps(header, separators=(",", ":")).encode()
+            encoded += b" " * (-len(encoded) % 8)  # keep the tensor data 8-byte aligned
+            staged = path.with_name(path.name + ".stamping")
+            with staged.open("wb") as target:
+                target.write(len(encoded).to_bytes(8, "little") + encoded)
+                shutil.copyfileobj(source, target, 16 * 2**20)
+        os.replace(staged, path)
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
@@ -88,18 +94,10 @@ def load_pruned(directory: str | os.PathLike, **from_pretrained_kwargs) -> nn.Mo
             "load it with transformers' from_pretrained, or pass it as MODEL to ffnprune"
         )
     adapter_for(config)
-    base = getattr(transformers, spec["base_class"])
-    try:
-        model_class = remote_modeling.pruned_causal_lm(base)
-        model, info = model_class.from_pretrained(directory, config=config, output_loading_info=True,
-                                                  **from_pretrained_kwargs)
-    except Exception as error:  # transformers and safetensors raise many types for a damaged checkpoint
-        raise FfnpruneError(
-            f"could not load the pruned model in {directory}: {error}. The weights may be incomplete or corrupt; "
-            "prune again or restore the directory from a copy"
-        ) from error
-    check_loading_info(info, directory)
-    return model
+    model_class = remote_modeling.pruned_causal_lm(getattr(transformers, spec["base_class"]))
+    failure = (f"could not load the pruned model in {directory}: {{error}}. The weights may be incomplete or corrupt; "
+               "prune again or restore the directory from a copy")
+    return from_pretrained_strictly(model_class, directory, failure, config=config, **from_pretrained_kwargs)
 
 
 def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:

