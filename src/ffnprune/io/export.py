@@ -1,0 +1,53 @@
+"""`ffnprune export`: a pruned model in the formats other tools load (a stock transformers checkpoint, GGUF)."""
+
+from __future__ import annotations
+
+import logging
+
+from ffnprune.config import ExportConfig
+from ffnprune.errors import FfnpruneError
+
+logger = logging.getLogger("ffnprune")
+
+
+def export(config: ExportConfig) -> str:
+    """Export as the config says (options are checked before any model loads); returns what to tell the user."""
+    if config.format is None:
+        raise FfnpruneError("export needs a format: --format uniform (a stock transformers checkpoint) or --format "
+                            "gguf (a llama.cpp file)")
+    if config.out is None:
+        raise FfnpruneError(f"export needs --out ({'a .gguf file' if config.format == 'gguf' else 'a directory'})")
+    if config.model is None:
+        raise FfnpruneError("export needs the model to export (a pruned directory)")
+    if config.format == "uniform":
+        return _export_uniform(config)
+    return _export_gguf(config)
+
+
+def _export_uniform(config: ExportConfig) -> str:
+    from ffnprune.io.pruned_dir import export_uniform
+
+    for name in ("outtype", "tokenizer_from"):
+        if getattr(config, name) is not None:
+            raise FfnpruneError(f"--{name.replace('_', '-')} applies to --format gguf only")
+    out = export_uniform(config.model, config.out, overwrite=config.overwrite)
+    return f"saved a uniform-width copy to {out}; it loads with plain from_pretrained"
+
+
+def _export_gguf(config: ExportConfig) -> str:
+    from ffnprune.io.gguf_export import check_gguf_output, check_tokenizer_gguf, export_gguf
+    from ffnprune.models import check_model_spec, load_model
+
+    outtype = config.outtype or "f16"
+    check_gguf_output(config.out, config.overwrite)
+    if config.tokenizer_from is not None:
+        check_tokenizer_gguf(config.tokenizer_from)
+    check_model_spec(config.model)
+    loaded = load_model(config.model)
+    written = export_gguf(loaded.model, loaded.tokenizer, config.out, outtype, location=loaded.location,
+                          tokenizer_from=config.tokenizer_from, overwrite=config.overwrite)
+    widths = written.mlp_widths
+    shown = f"{widths[0]}" if len(set(widths)) == 1 else f"{min(widths)}-{max(widths)} per layer"
+    return (f"saved {written.path} ({written.architecture} architecture, MLP width {shown}, {outtype}, tokenizer "
+            f"from {written.tokenizer_from}); "
+            f"run it with llama.cpp: llama-cli -m {written.path}")

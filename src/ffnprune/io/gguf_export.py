@@ -1,0 +1,289 @@
+"""GGUF files for llama.cpp, written with the `gguf` package.
+
+llama.cpp's `llama` architecture builds every layer at one MLP width (layer 0's), so a model whose layers kept
+different numbers of neurons is written as the `deci` architecture, whose `feed_forward_length` is a per-layer
+array (llama.cpp `src/models/deci.cpp`); equal widths are written as plain `llama`. Both read an optional
+`ffn_down.bias`, which carries the output bias that one-shot reconstruction adds. Every parameter of the model must
+find its place in the file: anything left over (an attention bias, a q/k norm) is an error, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION
+from gguf.quants import quantize
+from gguf.vocab import BpeVocab, SpecialVocab
+
+from ffnprune.errors import FfnpruneError
+from ffnprune.io.atomic import atomic_file, check_writable
+from ffnprune.io.model_card import header_summary
+from ffnprune.io.pruned_dir import read_metadata
+
+logger = logging.getLogger("ffnprune")
+
+OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
+    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
+    "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+}
+GGUF_MODEL_TYPES = ("llama", "mistral")  # the transformers classes whose layers are llama.cpp's llama/deci blocks
+# tokenizer.json pre-tokenizers that llama.cpp knows by name; others need the tokenizer of a GGUF of the same model.
+KNOWN_PRE_TOKENIZERS = {json.dumps({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                    "use_regex": True}, sort_keys=True): "gpt-2"}
+
+
+@dataclass
+class GgufExport:
+    """What was written: the file, its llama.cpp architecture, the MLP widths, and the tensors stored in F16
+    because their rows do not split into the outtype's blocks."""
+
+    path: Path
+    architecture: str
+    outtype: str
+    mlp_widths: list[int]
+    tokenizer_from: str
+    kept_in_f16: list[str] = field(default_factory=list)
+
+
+def check_gguf_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    out = check_writable(out)
+    if out.suffix != ".gguf":
+        raise FfnpruneError(f"--out {out} must be a file name ending in .gguf")
+    if out.exists() and (out.is_dir() or not overwrite):
+        raise FfnpruneError(f"output {out} already exists; pass --overwrite to replace it, or choose another --out")
+    return out
+
+
+def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", *, location: str | None = None,
+                tokenizer_from: str | os.PathLike | None = None, overwrite: bool = False) -> GgufExport:
+    """Write `model` (dense or compacted, any MLP widths) with its tokenizer as one GGUF file.
+
+    The tokenizer is copied from `tokenizer_from` (a GGUF file of the same model), else from the GGUF the model was
+    read from (`location`, or the source recorded in a pruned directory), else built from the tokenizer's
+    tokenizer.json (byte-level BPE)."""
+    out = check_gguf_output(out, overwrite)
+    config = model.config
+    check_exportable(config)
+    layers = model.model.layers
+    widths = [layer.mlp.down_proj.weight.shape[1] for layer in layers]
+    architecture = "llama" if len(set(widths)) == 1 and widths[0] > 0 else "deci"
+    metadata = read_metadata(location) if location and Path(location).is_dir() else {}
+    gguf_source = _tokenizer_gguf(tokenizer_from, location, metadata)
+    result = GgufExport(out, architecture, outtype, widths, str(gguf_source or "tokenizer.json"))
+    with atomic_file(out) as staging:
+        writer = GGUFWriter(staging, architecture)
+        _write_hyperparameters(writer, config, widths, outtype, Path(out).stem)
+        for name, value in header_summary(metadata, widths).items():
+            writer.add_string(f"{name}.summary", value)
+        if gguf_source is not None:
+            _copy_tokenizer(writer, gguf_source, config.vocab_size)
+        else:
+            _build_tokenizer(writer, tokenizer, location, config.vocab_size)
+        for name, tensor in _gguf_tensors(model, widths):
+            _add_tensor(writer, name, tensor, outtype, result)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    if result.kept_in_f16:
+        logger.info("%d tensors kept in F16: their rows do not split into %s blocks of %d (prune with --round-to "
+                    "32 to avoid this): %s", len(result.kept_in_f16), outtype,
+                    GGML_QUANT_SIZES[OUTTYPES[outtype][0]][0], ", ".join(result.kept_in_f16[:4]))
+    return result
+
+
+def check_exportable(config) -> None:
+    """The llama/deci blocks of llama.cpp hold this model exactly, or an error says what they cannot hold."""
+    model_type = getattr(config, "model_type", None)
+    source_type = (getattr(config, "ffnprune", None) or {}).get("model_type", model_type)
+    if source_type not in GGUF_MODEL_TYPES:
+        raise FfnpruneError(
+            f"GGUF export writes llama.cpp's llama/deci architectures, which hold {', '.join(GGUF_MODEL_TYPES)} "
+            f"models, not {source_type!r}; for a {source_type} model with equal widths use `export --format uniform`"
+            " and llama.cpp's convert_hf_to_gguf.py"
+        )
+    rope = _rope(config)
+    if rope.get("rope_type", "default") != "default":
+        raise FfnpruneError(f"GGUF export: rope scaling {rope.get('rope_type')!r} is not written yet; only models "
+                            "with plain rotary embeddings (rope_type 'default') export")
+    if getattr(config, "attention_bias", False):
+        raise FfnpruneError("GGUF export: this model has attention biases, which llama.cpp's llama/deci blocks do "
+                            "not read")
+
+
+def _rope(config) -> dict:
+    parameters = getattr(config, "rope_parameters", None)
+    if parameters:
+        return dict(parameters)
+    return {"rope_theta": getattr(config, "rope_theta", 10000.0),
+            **({"rope_type": config.rope_scaling.get("rope_type", config.rope_scaling.get("type"))}
+               if getattr(config, "rope_scaling", None) else {})}
+
+
+def _write_hyperparameters(writer: GGUFWriter, config, widths: list[int], outtype: str, name: str) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    # A layer of width 0 is stored with one zero neuron: deci's FFN-free layers also skip the attention residual.
+    writer.add_feed_forward_length(widths[0] if len(set(widths)) == 1 else [max(1, w) for w in widths])
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(OUTTYPES[outtype][1])
+    if outtype == "q8_0":
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _permute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """transformers rotates the two halves of each head; llama.cpp (rope type NORM) rotates adjacent pairs: reorder
+    the rows of q_proj/k_proj so that each head's halves interleave (as llama.cpp's converter does)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _gguf_tensors(model, widths: list[int]):
+    """(GGUF name, tensor) for every parameter; a parameter with no place in the llama/deci blocks is an error."""
+    config = model.config
+    named = dict(model.named_parameters())
+    written: set[str] = set()
+
+    def take(name: str) -> torch.Tensor:
+        written.add(name)
+        return named[name].detach()
+
+    yield "token_embd.weight", take("model.embed_tokens.weight")
+    yield "output_norm.weight", take("model.norm.weight")
+    if "lm_head.weight" in named:  # absent when tied to the embedding (llama.cpp then reuses token_embd)
+        yield "output.weight", take("lm_head.weight")
+    for index, _ in enumerate(model.model.layers):
+        prefix, block = f"model.layers.{index}.", f"blk.{index}."
+        yield block + "attn_norm.weight", take(prefix + "input_layernorm.weight")
+        yield block + "attn_q.weight", _permute_rotary(take(prefix + "self_attn.q_proj.weight"),
+                                                       config.num_attention_heads)
+        yield block + "attn_k.weight", _permute_rotary(take(prefix + "self_attn.k_proj.weight"),
+                                                       config.num_key_value_heads)
+        yield block + "attn_v.weight", take(prefix + "self_attn.v_proj.weight")
+        yield block + "attn_output.weight", take(prefix + "self_attn.o_proj.weight")
+        yield block + "ffn_norm.weight", take(prefix + "post_attention_layernorm.weight")
+        gate, up, down = (take(prefix + f"mlp.{p}_proj.weight") for p in ("gate", "up", "down"))
+        if widths[index] == 0:
+            gate, up, down = gate.new_zeros(1, gate.shape[1]), up.new_zeros(1, up.shape[1]), down.new_zeros(
+                down.shape[0], 1)
+        yield block + "ffn_gate.weight", gate
+        yield block + "ffn_up.weight", up
+        yield block + "ffn_down.weight", down
+        for projection, gguf_name in (("gate", "ffn_gate"), ("up", "ffn_up")):
+            if prefix + f"mlp.{projection}_proj.bias" in named:
+                bias = take(prefix + f"mlp.{projection}_proj.bias")
+                if bias.any():
+                    raise FfnpruneError(f"GGUF export: {prefix}mlp.{projection}_proj.bias is not zero; llama.cpp "
+                                        "would read it, but ffnprune does not write input-projection biases")
+        if prefix + "mlp.down_proj.bias" in named:
+            yield block + "ffn_down.bias", take(prefix + "mlp.down_proj.bias")
+    left = sorted(set(named) - written)
+    if left:
+        raise FfnpruneError(f"GGUF export: {len(left)} parameters have no place in llama.cpp's llama/deci blocks "
+                            f"({', '.join(left[:5])}); this model cannot be exported to GGUF as it is")
+
+
+def _add_tensor(writer: GGUFWriter, name: str, tensor: torch.Tensor, outtype: str, result: GgufExport) -> None:
+    """Vectors (norms, biases) stay F32, as in llama.cpp's converter; matrices take the outtype, or F16 when a row
+    does not split into the outtype's blocks (Q8_0: 32 values)."""
+    data = tensor.to(torch.float32).cpu().numpy()
+    kind = OUTTYPES[outtype][0] if data.ndim > 1 else GGMLQuantizationType.F32
+    block = GGML_QUANT_SIZES[kind][0]
+    if data.shape[-1] % block:
+        kind = GGMLQuantizationType.F16
+        result.kept_in_f16.append(name)
+    if kind == GGMLQuantizationType.F32:
+        writer.add_tensor(name, data)
+    else:
+        writer.add_tensor(name, quantize(data, kind), raw_dtype=kind)
+
+
+def check_tokenizer_gguf(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".gguf":
+        raise FfnpruneError(f"--tokenizer-from {path} is not a .gguf file; give a GGUF file of the same model")
+    return path
+
+
+def _tokenizer_gguf(tokenizer_from, location, metadata: dict) -> Path | None:
+    if tokenizer_from is not None:
+        return check_tokenizer_gguf(tokenizer_from)
+    for candidate in (location, metadata.get("source_location")):
+        if candidate and str(candidate).endswith(".gguf") and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def _copy_tokenizer(writer: GGUFWriter, source: Path, vocab_size: int) -> None:
+    """Every tokenizer.* entry of a GGUF file of the same model, as stored there."""
+    try:
+        reader = GGUFReader(source)
+    except Exception as error:  # the reader raises many types for a damaged file
+        raise FfnpruneError(f"could not read the tokenizer from {source}: {error}") from error
+    fields = {name: entry for name, entry in reader.fields.items() if name.startswith("tokenizer.")}
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if tokens is None or len(tokens.data) != vocab_size:
+        found = "no tokens" if tokens is None else f"{len(tokens.data)} tokens"
+        raise FfnpruneError(f"the tokenizer in {source} ({found}) does not fit the model's {vocab_size} embeddings; "
+                            "give --tokenizer-from a GGUF file of the same model")
+    for name, entry in fields.items():
+        kind = entry.types[0]
+        sub_type = entry.types[1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, entry.contents(), kind, sub_type)
+
+
+def _build_tokenizer(writer: GGUFWriter, tokenizer, location, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer.json as llama.cpp's gpt2 tokenizer, through gguf's own vocabulary readers."""
+    if tokenizer is None or location is None:
+        raise FfnpruneError("GGUF export needs the model's tokenizer: give a directory that holds tokenizer.json, "
+                            "or --tokenizer-from a GGUF file of the same model")
+    directory = Path(location)
+    tokenizer_json = directory / "tokenizer.json"
+    try:
+        pre_tokenizer = json.loads(tokenizer_json.read_text()).get("pre_tokenizer")
+        vocab = BpeVocab(directory)
+    except (OSError, ValueError, KeyError) as error:
+        raise FfnpruneError(f"GGUF export reads byte-level BPE tokenizers from tokenizer.json, and {tokenizer_json} "
+                            f"is not one ({error}); give --tokenizer-from a GGUF file of the same model") from error
+    pre = KNOWN_PRE_TOKENIZERS.get(json.dumps(pre_tokenizer, sort_keys=True))
+    if pre is None:
+        raise FfnpruneError(
+            f"the pre-tokenizer in {tokenizer_json} is not one ffnprune can name for llama.cpp (it would split text "
+            "differently from transformers); give --tokenizer-from a GGUF file of the same model"
+        )
+    tokens, types = [], []
+    for text, _, kind in vocab.all_tokens():
+        tokens.append(text)
+        types.append(kind)
+    if len(tokens) > vocab_size:
+        raise FfnpruneError(f"{tokenizer_json} has {len(tokens)} tokens for {vocab_size} embeddings")
+    for index in range(len(tokens), vocab_size):  # embedding rows no token uses
+        tokens.append(f"[PAD{index}]")
+        types.append(5)  # gguf.TokenType.UNUSED
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    SpecialVocab(directory, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+
+
+__all__ = ["OUTTYPES", "GgufExport", "check_exportable", "check_gguf_output", "check_tokenizer_gguf", "export_gguf"]

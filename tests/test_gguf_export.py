@@ -1,0 +1,129 @@
+"""GGUF export: pruned checkpoints on disk, exported through the CLI, read back by independent readers (transformers'
+GGUF loader, which undoes llama.cpp's rotary layout itself; the gguf package's reader). llama.cpp itself runs the
+files in tests/llama_cpp (make test-llama-cpp)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+
+from ffnprune.cli.main import main
+from ffnprune.errors import FfnpruneError
+from ffnprune.io.gguf_export import export_gguf
+from ffnprune.io.pruned_dir import load_pruned
+
+TEXT = "The pruned model's tokenizer: 12,345 tokens, café — and ünïcödé."
+
+
+def _prune(dense, out, *extra):
+    assert main(["prune", str(dense), "--method", "magnitude", "--keep", "0.5", "--out", str(out), *extra]) == 0
+    return out
+
+
+def _field(reader: GGUFReader, name: str):
+    return reader.fields[name].contents()
+
+
+def _tensor(reader: GGUFReader, name: str) -> np.ndarray:
+    tensor = next(t for t in reader.tensors if t.name == name)
+    return dequantize(tensor.data, tensor.tensor_type).reshape([int(n) for n in reversed(tensor.shape)])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_uniform_widths_export_as_llama_and_reload_in_transformers(tmp_path, tiny_model_dir, model_type):
+    pruned = _prune(tiny_model_dir(model_type), tmp_path / "pruned")
+    out = tmp_path / "pruned.gguf"
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    reader = GGUFReader(out)
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "llama.feed_forward_length") == 40
+    assert json.loads(_field(reader, "ffnprune.summary"))["mlp_widths"] == [40] * 4
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name).eval()
+    assert type(reloaded).__name__ == "LlamaForCausalLM" and reloaded.config.intermediate_size == 40
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = (reloaded(ids).logits - load_pruned(pruned).eval()(ids).logits).abs().max().item()
+    assert difference < 1e-5
+    # The tokenizer travels: transformers rebuilds it from the GGUF file and splits text as the original does.
+    gguf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    original = transformers.AutoTokenizer.from_pretrained(pruned)
+    assert gguf_tokenizer(TEXT).input_ids == original(TEXT).input_ids
+    assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
+
+
+def test_per_layer_widths_export_as_deci_with_the_reconstruction_bias(tmp_path, tiny_model_dir, data_dir):
+    pruned = _prune(tiny_model_dir("llama"), tmp_path / "pruned", "--layer-keep", "0:1,-1:0.2", "--reconstruct",
+                    "bias", "--calibration-tokens", "256", "--calibration-context", "32", "--data", str(data_dir))
+    model = load_pruned(pruned)
+    widths = model.config.ffnprune["mlp_widths"]
+    assert len(set(widths)) > 1
+    out = tmp_path / "pruned.gguf"
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    reader = GGUFReader(out)
+    assert _field(reader, "general.architecture") == "deci"
+    assert _field(reader, "deci.feed_forward_length") == widths
+    for index, layer in enumerate(model.model.layers):
+        mlp = layer.mlp
+        for name, weight in (("gate", mlp.gate_proj.weight), ("up", mlp.up_proj.weight),
+                             ("down", mlp.down_proj.weight)):
+            assert np.array_equal(_tensor(reader, f"blk.{index}.ffn_{name}.weight"), weight.detach().numpy())
+        assert mlp.down_proj.bias is not None and (mlp.down_proj.bias.abs().sum() > 0) == (widths[index] < 80)
+        assert np.array_equal(_tensor(reader, f"blk.{index}.ffn_down.bias"), mlp.down_proj.bias.detach().numpy())
+
+
+def test_q8_0_quantises_matrices_and_keeps_rows_that_do_not_split_into_blocks_in_f16(tmp_path, tiny_model_dir):
+    pruned = _prune(tiny_model_dir("llama"), tmp_path / "pruned")  # width 40: ffn_down's rows are not 32-blocks
+    out = tmp_path / "q8.gguf"
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "q8_0", "--out", str(out)]) == 0
+    reader = GGUFReader(out)
+    kinds = {t.name: t.tensor_type for t in reader.tensors}
+    assert kinds["blk.0.ffn_gate.weight"] == GGMLQuantizationType.Q8_0
+    assert kinds["blk.0.ffn_down.weight"] == GGMLQuantizationType.F16
+    assert kinds["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+    model = load_pruned(pruned)
+    gate = model.model.layers[0].mlp.gate_proj.weight.detach().numpy()
+    stored = _tensor(reader, "blk.0.ffn_gate.weight")
+    assert not np.array_equal(stored, gate)  # quantised, within a Q8_0 step (1/127 of the block max)
+    step = np.abs(gate).reshape(gate.shape[0], -1, 32).max(-1, keepdims=True) / 127
+    assert (np.abs(stored - gate).reshape(step.shape[0], -1, 32) <= step * 0.6).all()  # half a step, plus the f16 scale's rounding
+
+
+def test_tokenizer_is_copied_from_a_gguf_of_the_same_model(tmp_path, tiny_model_dir):
+    dense = tiny_model_dir("llama")
+    first = tmp_path / "dense.gguf"
+    assert main(["export", str(dense), "--format", "gguf", "--out", str(first)]) == 0
+    second = tmp_path / "from-gguf.gguf"
+    pruned = _prune(dense, tmp_path / "pruned")
+    assert main(["export", str(pruned), "--format", "gguf", "--tokenizer-from", str(first), "--out",
+                 str(second)]) == 0
+    a, b = GGUFReader(first), GGUFReader(second)
+    names = [name for name in a.fields if name.startswith("tokenizer.")]
+    assert names and all(_field(a, name) == _field(b, name) for name in names)
+    assert _field(b, "llama.feed_forward_length") == 40
+
+
+def test_a_failed_export_leaves_no_file(tmp_path, tiny_model_dir, gpt2_tokenizer):
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    model.model.layers[1].mlp.up_proj.bias = torch.nn.Parameter(torch.ones(80))  # llama.cpp's blocks: no such bias
+    with pytest.raises(FfnpruneError, match="mlp.up_proj.bias is not zero"):
+        export_gguf(model, gpt2_tokenizer, tmp_path / "m.gguf", location=str(tiny_model_dir("llama")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_pruned_to_width_zero_keeps_one_zero_neuron(tmp_path, tiny_model_dir, gpt2_tokenizer):
+    """llama.cpp's deci blocks skip the attention residual of an FFN-free layer; a zero neuron adds exactly 0."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    mlp = model.model.layers[2].mlp
+    mlp.gate_proj.weight = torch.nn.Parameter(mlp.gate_proj.weight[:0])
+    mlp.up_proj.weight = torch.nn.Parameter(mlp.up_proj.weight[:0])
+    mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight[:, :0])
+    written = export_gguf(model, gpt2_tokenizer, tmp_path / "m.gguf", "f32", location=str(tiny_model_dir("llama")))
+    reader = GGUFReader(written.path)
+    assert written.architecture == "deci" and _field(reader, "deci.feed_forward_length") == [80, 80, 1, 80]
+    assert not _tensor(reader, "blk.2.ffn_down.weight").any()

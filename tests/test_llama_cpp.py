@@ -1,0 +1,55 @@
+"""The exported GGUF files run in llama.cpp itself (through llama-cpp-python, which compiles llama.cpp: `make
+test-llama-cpp` installs it and runs this file; the default install leaves it out, and then these tests skip).
+A checkpoint pruned through the CLI, exported through the CLI, gives llama.cpp's logits equal to the pruned
+transformers model's, for uniform widths (llama architecture) and per-layer widths with the reconstruction bias
+(deci architecture), and llama.cpp splits text as the transformers tokenizer does."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from ffnprune.cli.main import main
+from ffnprune.io.pruned_dir import load_pruned
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: make test-llama-cpp")
+
+TEXT = "Pruned models run in llama.cpp: 12,345 tokens, café — and ünïcödé."
+
+
+@contextlib.contextmanager
+def llama(path, **options):
+    model = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, verbose=False, seed=0, **options)
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("widths, extra", [
+    ("uniform", ()),
+    ("per-layer", ("--layer-keep", "0:1,-1:0.2", "--reconstruct", "bias", "--calibration-tokens", "256",
+                   "--calibration-context", "32")),
+])
+def test_llama_cpp_runs_the_export_as_transformers_runs_the_pruned_model(tmp_path, tiny_model_dir, data_dir,
+                                                                          widths, extra):
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(tiny_model_dir("llama")), "--method", "magnitude", "--keep", "0.5", "--data",
+                 str(data_dir), "--out", str(pruned), *extra]) == 0
+    out = tmp_path / "pruned.gguf"
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_pruned(pruned).eval()(ids).logits[0].numpy()
+    with llama(out, logits_all=True) as model:
+        assert model.metadata["general.architecture"] == ("llama" if widths == "uniform" else "deci")
+        model.eval(ids[0].tolist())
+        logits = np.array(model.scores[: model.n_tokens])
+        tokens = model.tokenize(TEXT.encode(), add_bos=False)
+    # llama.cpp keeps its attention cache in f16: about 1e-4 here, where a wrong weight or layout is order 1.
+    assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    assert tokens == transformers.AutoTokenizer.from_pretrained(pruned)(TEXT).input_ids
