@@ -269,3 +269,20 @@ def test_gum_with_uniform_widths_exports_a_stock_checkpoint_at_its_real_width(ti
     with pytest.raises(FfnpruneError, match="--uniform-widths applies to the global methods"):
         prune(config(tiny_dirs["llama"], tmp_path / "x", data_dir, method="movement", uniform_widths=True),
               say=lambda *a: None)
+
+
+def test_report_to_tensorboard_logs_every_step_beside_the_jsonl_log(tiny_dirs, data_dir, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extras")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "logged"
+    assert main(["prune", str(tiny_dirs["llama"]), "--method", "gum", "--mu", "1", "--keep", "0.5", "--steps", "4",
+                 "--context", "32", "--batch-size", "2", "--report-to", "tensorboard", "--data", str(data_dir),
+                 "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "runs" / "logged"))
+    events.Reload()
+    for name in ("loss", "penalty", "keep_actual", "lr"):
+        logged = events.Scalars(name)
+        assert [e.step for e in logged] == [1, 2, 3, 4]
+        assert [e.value for e in logged] == pytest.approx([record[name] for record in log], rel=1e-6)

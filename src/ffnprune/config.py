@@ -76,6 +76,9 @@ class TrainingConfig:
     eval_every: Steps = option(0, "evaluate at the current density every N steps (0: never)")
     eval_tokens: Count = option(8192, "tokens of the evaluation split used by periodic evaluation")
     checkpoint_every: Steps = option(0, "write a resumable checkpoint every N steps (0: never)")
+    report_to: Literal["tensorboard", "wandb"] | None = option(
+        None, "also log each step's record to tensorboard (OUT/runs, live in OUT.work/runs) or wandb, through "
+              "accelerate's trackers (train_log.jsonl is always written)")
 
 
 @dataclass

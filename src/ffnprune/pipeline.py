@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import shutil
 import time
@@ -59,6 +60,8 @@ def check_config(config: PruneConfig) -> Method:
     check_model_spec(config.model)
     if config.push_to_hub:
         check_push(config.push_to_hub)
+    if config.training.report_to:
+        check_tracker(config.training.report_to)
     if config.distill.teacher:
         check_model_spec(config.distill.teacher, "--teacher")
     check_keep(config.keep)
@@ -93,6 +96,13 @@ def check_config(config: PruneConfig) -> Method:
     if config.evaluate:
         task_data_path(config.task, config.data, config.eval_split)
     return method
+
+
+def check_tracker(name: str) -> None:
+    """accelerate refuses a tracker whose package is missing only once training starts; say so before any work."""
+    packages = ("tensorboard", "tensorboardX") if name == "tensorboard" else (name,)
+    if not any(importlib.util.find_spec(package) for package in packages):
+        raise FfnpruneError(f"--report-to {name} needs the {name} package: pip install {name}")
 
 
 def _changed_options(group) -> list[str]:
@@ -299,7 +309,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say
                                          hyperparameters=to_flat_dict(config), training=training)
     out = Path(config.out)
     if state.is_main_process:
-        evaluate_and_save(loaded, config, metadata, say, extra_files={LOG: outcome.log})
+        evaluate_and_save(loaded, config, metadata, say, extra_files=outcome.files)
         shutil.rmtree(workdir, ignore_errors=True)
     state.wait_for_everyone()
     return out
@@ -310,7 +320,7 @@ RESUMES = "resumes.json"
 # What a resumed run may change: how it learns from here on and what it reports, not what it is.
 CHANGEABLE_ON_RESUME = ("lr", "score_lr", "weight_decay", "adam_eps", "clip", "eval_every", "eval_tokens",
                         "checkpoint_every", "evaluate", "eval_limit", "overwrite", "mixed_precision",
-                        "calibration_device", "dtype", "push_to_hub")
+                        "calibration_device", "dtype", "push_to_hub", "report_to")
 
 
 def check_resumed_options(config: PruneConfig, workdir: Path) -> dict:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType, TokenType
 from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION
 from gguf.quants import quantize
 from gguf.vocab import BpeVocab, SpecialVocab
@@ -68,8 +68,8 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", 
     """Write `model` (dense or compacted, any MLP widths) with its tokenizer as one GGUF file.
 
     The tokenizer is copied from `tokenizer_from` (a GGUF file of the same model), else from the GGUF the model was
-    read from (`location`, or the source recorded in a pruned directory), else built from the tokenizer's
-    tokenizer.json (byte-level BPE)."""
+    read from (`location`, or the source recorded in the pruned directory at `location`), else built from
+    `tokenizer` (byte-level BPE)."""
     out = check_gguf_output(out, overwrite)
     config = model.config
     check_exportable(config)
@@ -87,7 +87,7 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", 
         if gguf_source is not None:
             _copy_tokenizer(writer, gguf_source, config.vocab_size)
         else:
-            _build_tokenizer(writer, tokenizer, location, config.vocab_size)
+            _build_tokenizer(writer, tokenizer, config.vocab_size)
         for name, tensor in _gguf_tensors(model, widths):
             _add_tensor(writer, name, tensor, outtype, result)
         writer.write_header_to_file()
@@ -251,34 +251,42 @@ def _copy_tokenizer(writer: GGUFWriter, source: Path, vocab_size: int) -> None:
         writer.add_key_value(name, entry.contents(), kind, sub_type)
 
 
-def _build_tokenizer(writer: GGUFWriter, tokenizer, location, vocab_size: int) -> None:
-    """A byte-level BPE tokenizer.json as llama.cpp's gpt2 tokenizer, through gguf's own vocabulary readers."""
-    if tokenizer is None or location is None:
-        raise FfnpruneError("GGUF export needs the model's tokenizer: give a directory that holds tokenizer.json, "
-                            "or --tokenizer-from a GGUF file of the same model")
-    directory = Path(location)
+def _build_tokenizer(writer: GGUFWriter, tokenizer, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer as llama.cpp's gpt2 tokenizer, read by gguf's own vocabulary readers from the files
+    the loaded tokenizer saves (whatever it was loaded from: a directory, the hub, a GGUF file)."""
+    if tokenizer is None:
+        raise FfnpruneError("GGUF export needs the model's tokenizer: give a model saved with its tokenizer, or "
+                            "--tokenizer-from a GGUF file of the same model")
+    with tempfile.TemporaryDirectory() as saved:
+        directory = Path(saved)
+        tokenizer.save_pretrained(directory)
+        _write_bpe_tokenizer(writer, directory, vocab_size)
+
+
+def _write_bpe_tokenizer(writer: GGUFWriter, directory: Path, vocab_size: int) -> None:
     tokenizer_json = directory / "tokenizer.json"
     try:
         pre_tokenizer = json.loads(tokenizer_json.read_text()).get("pre_tokenizer")
         vocab = BpeVocab(directory)
     except (OSError, ValueError, KeyError) as error:
-        raise FfnpruneError(f"GGUF export reads byte-level BPE tokenizers from tokenizer.json, and {tokenizer_json} "
-                            f"is not one ({error}); give --tokenizer-from a GGUF file of the same model") from error
+        raise FfnpruneError(f"GGUF export builds byte-level BPE tokenizers, and the model's tokenizer is not one "
+                            f"({error}); give --tokenizer-from a GGUF file of the same model") from error
     pre = KNOWN_PRE_TOKENIZERS.get(json.dumps(pre_tokenizer, sort_keys=True))
     if pre is None:
         raise FfnpruneError(
-            f"the pre-tokenizer in {tokenizer_json} is not one ffnprune can name for llama.cpp (it would split text "
-            "differently from transformers); give --tokenizer-from a GGUF file of the same model"
+            f"the tokenizer's pre-tokenizer ({pre_tokenizer and pre_tokenizer.get('type')}) is not one ffnprune can "
+            "name for llama.cpp (it would split text differently from transformers); give --tokenizer-from a GGUF "
+            "file of the same model"
         )
     tokens, types = [], []
     for text, _, kind in vocab.all_tokens():
         tokens.append(text)
         types.append(kind)
     if len(tokens) > vocab_size:
-        raise FfnpruneError(f"{tokenizer_json} has {len(tokens)} tokens for {vocab_size} embeddings")
+        raise FfnpruneError(f"the tokenizer has {len(tokens)} tokens for the model's {vocab_size} embeddings")
     for index in range(len(tokens), vocab_size):  # embedding rows no token uses
         tokens.append(f"[PAD{index}]")
-        types.append(5)  # gguf.TokenType.UNUSED
+        types.append(TokenType.UNUSED)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)

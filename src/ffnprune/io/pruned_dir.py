@@ -32,8 +32,8 @@ def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
 
 def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: dict, overwrite: bool = False,
                 extra_files: dict[str, Path] | None = None) -> Path:
-    """Save a compacted model (see compaction.compact_mlps) atomically, with `extra_files` (name -> source path)
-    copied beside it; returns the directory."""
+    """Save a compacted model (see compaction.compact_mlps) atomically, with `extra_files` (name -> source file or
+    directory) copied beside it; returns the directory."""
     spec = getattr(model.config, "ffnprune", None)
     if spec is None:
         raise ValueError("the model has not been compacted (config.ffnprune is missing); call compact_mlps first")
@@ -43,7 +43,10 @@ def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: d
         (staging / CARD_FILE).write_text(model_card(metadata, spec["mlp_widths"], Path(out).name))
         stamp_safetensors(staging, header_summary(metadata, spec["mlp_widths"]))
         for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, staging / name)
+            if Path(source).is_dir():
+                shutil.copytree(source, staging / name)
+            else:
+                shutil.copyfile(source, staging / name)
     return Path(out)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from ffnprune.config import PruneConfig
+from ffnprune.config import PruneConfig, to_flat_dict
 from ffnprune.errors import FfnpruneError
 from ffnprune.messages import logger, say
 from ffnprune.metrics.perplexity import causal_lm_loss, examples_perplexity
@@ -33,6 +33,7 @@ from ffnprune.training.hooks import FinePruner
 
 CHECKPOINT = "checkpoint"
 LOG = "train_log.jsonl"
+RUNS = "runs"  # tensorboard's event files (--report-to tensorboard), as the HF Trainer names its folder
 
 
 class PrunableModel(nn.Module):
@@ -63,6 +64,12 @@ class BatchOrder:
         return [int(self._order(p // self.size)[p % self.size]) for p in range(first, first + count)]
 
 
+def _tracker_config(config: PruneConfig) -> dict:
+    """The run's options as the scalars and strings that trackers' hyper-parameter tables take."""
+    return {name: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for name, value in to_flat_dict(config).items()}
+
+
 def parameter_groups(model: nn.Module, pruner: FinePruner | None, lr: float, score_lr: float, weight_decay: float):
     """Weight decay on matrices only (none on biases, norms, scores); the scores get their own learning rate.
     Without a pruner: the groups of plain fine-tuning."""
@@ -82,7 +89,7 @@ class TrainingOutcome:
     kept: list[torch.Tensor]
     final_loss: float
     steps: int
-    log: Path
+    files: dict[str, Path]  # name in the saved directory -> what the run wrote: the log, tensorboard's events
     pruner_state: dict[str, torch.Tensor]  # final scores and GUM statistics
     processes: int
     mixed_precision: str  # what ran: --mixed-precision, else accelerate's configuration
@@ -94,7 +101,10 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     """Fine-prune `model` by `method` on the schedule; with `method` None, fine-tune it without pruning (the
     recovery of a one-shot pruned model)."""
     settings = config.training
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
+                              log_with=settings.report_to, project_dir=workdir / RUNS)
+    if settings.report_to:
+        accelerator.init_trackers(Path(config.out).name, config=_tracker_config(config))
     if settings.checkpoint_every and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise FfnpruneError("checkpoints are not supported under FSDP or DeepSpeed yet; use DDP, or drop "
                             "--checkpoint-every")
@@ -183,6 +193,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
         if accelerator.is_main_process:
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
+        if settings.report_to:
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
         progress.update(1)
         progress.set_postfix(loss=f"{final_loss:.3f}", keep=f"{record['keep_actual']:.3f}")
         if settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and step + 1 < config.steps:
@@ -191,11 +203,13 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
                 save_checkpoint(checkpoint_dir, accelerator.unwrap_model(wrapper).model, pruner, optimizer,
                                 scheduler, step + 1)
     progress.close()
+    accelerator.end_training()
     pruner.before_forward()  # the final masks, at step T
     kept = pruner.kept()
     pruner.detach()
     accelerator.unwrap_model(wrapper).model.eval()
-    return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, log=log_path,
+    files = {LOG: log_path, **({RUNS: workdir / RUNS} if settings.report_to == "tensorboard" else {})}
+    return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, files=files,
                            pruner_state=pruner.state(), processes=accelerator.num_processes,
                            mixed_precision=str(accelerator.mixed_precision))
 

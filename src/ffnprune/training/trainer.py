@@ -68,15 +68,15 @@ def fine_pruning_trainer(base: type[Trainer]) -> type[Trainer]:
             return optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            """The base class's own loss (SFTTrainer's completion masking and metrics included), then ours."""
             self.pruner.before_forward(inputs.get("attention_mask"))
-            outputs = model(**inputs)
-            loss = outputs.loss
-            if self.teacher is not None and "labels" in inputs:
+            labels = inputs.get("labels")  # the base class may pop them
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+            if self.teacher is not None and labels is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(input_ids=inputs["input_ids"],
                                                   attention_mask=inputs.get("attention_mask")).logits
-                loss = combine(loss, distillation_loss(outputs.logits, teacher_logits, inputs["labels"],
-                                                       self.temperature))
+                loss = combine(loss, distillation_loss(outputs.logits, teacher_logits, labels, self.temperature))
             loss = loss + self.pruner.penalty()
             return (loss, outputs) if return_outputs else loss
 
