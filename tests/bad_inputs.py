@@ -89,6 +89,8 @@ CASES = (
          "HF_HUB_OFFLINE is set"),
     Case("--push-to-hub with a malformed repository id", ("prune", "{dense}", "--push-to-hub", "not a repo!",
                                                           "--out", "{tmp}/out"), "is not a hub repository id"),
+    Case("--report-to a tracker that is not installed", ("prune", "{dense}", "--steps", "10", "--report-to", "wandb",
+                                                         "--out", "{tmp}/out"), "pip install wandb"),
     Case("export without a format", ("export", "{pruned}", "--out", "{tmp}/out"), "needs a format"),
     Case("GGUF export to a name without .gguf", ("export", "{pruned}", "--format", "gguf", "--out", "{tmp}/model.bin"),
          "must be a file name ending in .gguf"),

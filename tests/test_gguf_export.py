@@ -43,6 +43,7 @@ def test_uniform_widths_export_as_llama_and_reload_in_transformers(tmp_path, tin
     reader = GGUFReader(out)
     assert _field(reader, "general.architecture") == "llama"
     assert _field(reader, "llama.feed_forward_length") == 40
+    assert _field(reader, "llama.context_length") == 64  # the tiny models' positions (Mistral's window is wider)
     assert json.loads(_field(reader, "ffnprune.summary"))["mlp_widths"] == [40] * 4
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name).eval()
     assert type(reloaded).__name__ == "LlamaForCausalLM" and reloaded.config.intermediate_size == 40
@@ -128,3 +129,11 @@ def test_a_layer_pruned_to_width_zero_keeps_one_zero_neuron(tmp_path, tiny_model
     reader = GGUFReader(written.path)
     assert written.architecture == "deci" and _field(reader, "deci.feed_forward_length") == [80, 80, 1, 80]
     assert not _tensor(reader, "blk.2.ffn_down.weight").any()
+
+
+def test_a_sliding_window_bounds_the_context_the_file_claims(tmp_path, tiny_model_dir, gpt2_tokenizer):
+    """llama.cpp's llama blocks attend to every earlier token: beyond Mistral's window the two would differ."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("mistral"))
+    model.config.sliding_window = 16
+    written = export_gguf(model, gpt2_tokenizer, tmp_path / "m.gguf", location=str(tiny_model_dir("mistral")))
+    assert _field(GGUFReader(written.path), "llama.context_length") == 16

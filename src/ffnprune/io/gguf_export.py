@@ -132,7 +132,7 @@ def _rope(config) -> dict:
 def _write_hyperparameters(writer: GGUFWriter, config, widths: list[int], outtype: str, name: str) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(_exact_context(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     # A layer of width 0 is stored with one zero neuron: deci's FFN-free layers also skip the attention residual.
@@ -148,6 +148,17 @@ def _write_hyperparameters(writer: GGUFWriter, config, widths: list[int], outtyp
     writer.add_file_type(OUTTYPES[outtype][1])
     if outtype == "q8_0":
         writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _exact_context(config) -> int:
+    """The longest context llama.cpp computes as transformers does: llama/deci attend to every earlier token, so a
+    Mistral-style sliding window bounds it (llama.cpp warns when asked for more than this)."""
+    window = getattr(config, "sliding_window", None)
+    if window and window < config.max_position_embeddings:
+        logger.info("the model attends within a sliding window of %d tokens, which llama.cpp's llama/deci blocks do "
+                    "not apply: the file's context length is set to %d, within which both agree", window, window)
+        return window
+    return config.max_position_embeddings
 
 
 def _permute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:

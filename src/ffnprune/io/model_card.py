@@ -37,9 +37,19 @@ def _metrics(metadata: dict) -> list[str]:
     if not metrics:
         return ["No evaluation was run with the pruning (`ffnprune prune --evaluate` records one; `ffnprune evaluate "
                 "DIR` measures it later).", ""]
-    lines = [f"Measured on {evaluation.get('task')} {evaluation.get('split')}:", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.4g} |" for name, value in metrics.items()]
+    protocol = evaluation.get("protocol") or {}
+    how = {"perplexity": protocol.get("block"), "sliding_window_perplexity": protocol.get("sliding_window")}
+    tokens = f", the first {evaluation['tokens']:,} tokens" if evaluation.get("tokens") else ""
+    lines = [f"Measured on {evaluation.get('task')} {evaluation.get('split')}{tokens}:", "",
+             "| metric | value | protocol |", "|---|---|---|"]
+    lines += [f"| {name} | {value:.4g} | {_protocol(how.get(name))} |" for name, value in metrics.items()]
     return lines + [""]
+
+
+def _protocol(window: dict | None) -> str:
+    if not window:
+        return ""
+    return f"context {window.get('context')}, stride {window.get('stride')}, {window.get('tokens_scored'):,} scored"
 
 
 def model_card(metadata: dict, widths: list[int], name: str, remote_code: bool = True) -> str:
@@ -72,7 +82,8 @@ def model_card(metadata: dict, widths: list[int], name: str, remote_code: bool =
               "```python", "import transformers",
               f'model = transformers.AutoModelForCausalLM.from_pretrained("{name}"{trust})',
               f'tokenizer = transformers.AutoTokenizer.from_pretrained("{name}"{trust})', "```", "",
-              f"{why} `pruning.json` holds the whole recipe and the kept neuron indices.", ""]
+              f"{why} `pruning.json` holds the whole recipe and the kept neuron indices. For llama.cpp (LLaMA-family "
+              f"models): `ffnprune export {name} --format gguf --out {name}.gguf`.", ""]
     return "\n".join(lines)
 
 
