@@ -129,4 +129,4 @@ def test_demo_missing_data_file(capsys, dense_dir, tmp_path):
 
 def test_export_needs_a_format(capsys, tmp_path):
     code, _, err = run(capsys, "export", tmp_path, "--out", tmp_path / "u")
-    assert code == 2 and "--uniform" in err
+    assert code == 2 and "--format uniform" in err and "--format gguf" in err

@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from ffnprune.adapters import adapter_for
 from ffnprune.criteria import get_method
+from ffnprune.errors import FfnpruneError
 from ffnprune.io.pruned_dir import load_pruned
 from ffnprune.schedules import CubicSchedule
 from ffnprune.training.hooks import FinePruner, PenaltySettings
@@ -114,3 +115,22 @@ def test_the_documented_example_runs(tiny_model_dir, data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     widths = json.loads((out / "pruning.json").read_text())["mlp_widths"]
     assert sum(widths) == 160 and load_pruned(out) is not None  # keep 0.5 of 4 x 80, globally
+
+
+def test_distillation_inside_sft_trainer_is_refused_not_silently_untrained(tmp_path, gpt2_tokenizer):
+    """TRL's fused LM head gives the logits without gradients: a distillation term would train nothing."""
+    trl = pytest.importorskip("trl", reason="TRL is in the dev extras")
+    from datasets import Dataset
+
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = tiny_model("llama", vocab_size=len(tokenizer)).train()
+    teacher = tiny_model("llama", vocab_size=len(tokenizer))
+    pruner = _recording_gum_pruner(model, 2, 0.5)
+    texts = Dataset.from_dict({"text": ["Pruning the neurons of a language model."] * 8})
+    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                         save_strategy="no", use_cpu=True, max_length=16, bf16=False)
+    trainer = fine_pruning_trainer(trl.SFTTrainer)(pruner=pruner, model=model, teacher=teacher, args=args,
+                                                   train_dataset=texts, processing_class=tokenizer)
+    with pytest.raises(FfnpruneError, match="distillation would train nothing"):
+        trainer.train()

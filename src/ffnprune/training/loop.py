@@ -203,7 +203,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
                 save_checkpoint(checkpoint_dir, accelerator.unwrap_model(wrapper).model, pruner, optimizer,
                                 scheduler, step + 1)
     progress.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which saving needs
+        tracker.finish()
     pruner.before_forward()  # the final masks, at step T
     kept = pruner.kept()
     pruner.detach()

@@ -68,11 +68,20 @@ def fine_pruning_trainer(base: type[Trainer]) -> type[Trainer]:
             return optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-            """The base class's own loss (SFTTrainer's completion masking and metrics included), then ours."""
+            """The base class's own loss (SFTTrainer's completion masking and metrics included), then ours. The
+            outputs are asked for only when needed: TRL's fused LM head builds the logits with an extra forward."""
             self.pruner.before_forward(inputs.get("attention_mask"))
             labels = inputs.get("labels")  # the base class may pop them
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
-            if self.teacher is not None and labels is not None:
+            distilling = self.teacher is not None and labels is not None
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs or distilling, **kwargs)
+            loss, outputs = result if return_outputs or distilling else (result, None)
+            if distilling:
+                if model.training and not outputs.logits.requires_grad:
+                    raise FfnpruneError(
+                        f"{base.__name__} returns the logits without gradients (TRL's fused LM head recomputes them "
+                        "under no_grad), so distillation would train nothing; distil with FinePruningTrainer (the "
+                        "transformers Trainer), or train without teacher="
+                    )
                 with torch.no_grad():
                     teacher_logits = self.teacher(input_ids=inputs["input_ids"],
                                                   attention_mask=inputs.get("attention_mask")).logits
