@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
-from ffnprune.config import ExportConfig
+from ffnprune.config import ExportConfig, flag
 from ffnprune.errors import FfnpruneError
-
-logger = logging.getLogger("ffnprune")
 
 
 def export(config: ExportConfig) -> str:
@@ -29,7 +25,7 @@ def _export_uniform(config: ExportConfig) -> str:
 
     for name in ("outtype", "tokenizer_from"):
         if getattr(config, name) is not None:
-            raise FfnpruneError(f"--{name.replace('_', '-')} applies to --format gguf only")
+            raise FfnpruneError(f"{flag(name)} applies to --format gguf only")
     out = export_uniform(config.model, config.out, overwrite=config.overwrite)
     return f"saved a uniform-width copy to {out}; it loads with plain from_pretrained"
 
