@@ -36,7 +36,7 @@ def main() -> None:
         cases = scratch / "cases"
         cases.mkdir()
         places = prepare(cases, dense, data)
-        rows = [run_case(case, places) for case in CASES]
+        rows = [run_case(case, places) for case in CASES if case.applies()]
         modes = umask_run(scratch, dense)
     lines = [
         "# Bad inputs: what ffnprune says, and what it leaves on disk",
