@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ffnprune.analysis.footprint import footprint
 from ffnprune.io.gguf_export import export_gguf
-from ffnprune.metrics.perplexity import block_perplexity, token_ids
+from ffnprune.metrics.perplexity import block_perplexity, causal_lm_loss, token_ids
 from ffnprune.models import load_model
 from ffnprune.tasks.examples import Examples
 from ffnprune.tasks.wikitext import read_wikitext
@@ -41,7 +40,7 @@ def llama_cpp_perplexity(path: Path, blocks: torch.Tensor, threads: int) -> floa
             model.reset()
             model.eval(block.tolist())
             logits = torch.from_numpy(np.array(model.scores[: model.n_tokens]))
-            nll += F.cross_entropy(logits[:-1].double(), block[1:], reduction="sum").item()
+            nll += causal_lm_loss(logits[None], block[None], reduction="sum").item()
             scored += len(block) - 1
     finally:
         model.close()

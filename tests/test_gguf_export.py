@@ -17,8 +17,23 @@ from ffnprune.cli.main import main
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.gguf_export import export_gguf
 from ffnprune.io.pruned_dir import load_pruned
+from helpers import run_without_ffnprune
 
 TEXT = "The pruned model's tokenizer: 12,345 tokens, café — and ünïcödé."
+
+RELOAD_GGUF = """
+    import json, torch, transformers
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(".", gguf_file={gguf!r}).eval()
+    pruned = transformers.AutoModelForCausalLM.from_pretrained({pruned!r}, trust_remote_code=True).eval()
+    with torch.no_grad():
+        difference = (reloaded(ids).logits - pruned(ids).logits).abs().max().item()
+    gguf_tokenizer = transformers.AutoTokenizer.from_pretrained(".", gguf_file={gguf!r})
+    original = transformers.AutoTokenizer.from_pretrained({pruned!r}, trust_remote_code=True)
+    print(json.dumps({{"class": type(reloaded).__name__, "intermediate_size": reloaded.config.intermediate_size,
+                      "difference": difference, "gguf_ids": gguf_tokenizer({text!r}).input_ids,
+                      "original_ids": original({text!r}).input_ids}}))
+"""
 
 
 def _prune(dense, out, *extra):
@@ -45,16 +60,12 @@ def test_uniform_widths_export_as_llama_and_reload_in_transformers(tmp_path, tin
     assert _field(reader, "llama.feed_forward_length") == 40
     assert _field(reader, "llama.context_length") == 64  # the tiny models' positions (Mistral's window is wider)
     assert json.loads(_field(reader, "ffnprune.summary"))["mlp_widths"] == [40] * 4
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name).eval()
-    assert type(reloaded).__name__ == "LlamaForCausalLM" and reloaded.config.intermediate_size == 40
-    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        difference = (reloaded(ids).logits - load_pruned(pruned).eval()(ids).logits).abs().max().item()
-    assert difference < 1e-5
-    # The tokenizer travels: transformers rebuilds it from the GGUF file and splits text as the original does.
-    gguf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
-    original = transformers.AutoTokenizer.from_pretrained(pruned)
-    assert gguf_tokenizer(TEXT).input_ids == original(TEXT).input_ids
+    # Where ffnprune cannot be imported: the GGUF through transformers' own reader (which undoes the rotary layout
+    # itself) against the pruned directory through trust_remote_code; and the tokenizer rebuilt from the GGUF file.
+    checked = run_without_ffnprune(RELOAD_GGUF.format(gguf=out.name, pruned=str(pruned), text=TEXT), tmp_path)
+    assert checked["class"] == "LlamaForCausalLM" and checked["intermediate_size"] == 40
+    assert checked["difference"] < 1e-5
+    assert checked["gguf_ids"] == checked["original_ids"]
     assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
 
 

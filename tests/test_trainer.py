@@ -80,11 +80,12 @@ def test_gum_fine_prunes_inside_a_trainer_and_saves_a_compact_model(tmp_path):
                        RandomText()[0]["input_ids"][None])
 
 
-def test_gum_fine_prunes_inside_trl_sft_trainer(tmp_path, gpt2_tokenizer):
+def _gum_in_sft_trainer(tmp_path, gpt2_tokenizer, steps, keep, **trainer_kwargs):
+    """A tiny LLaMA, its recording GUM pruner and TRL's SFTTrainer extended with fine-pruning, on 32 short texts.
+    bf16=False: SFTConfig's default bf16 autocast would blur the comparisons."""
     trl = pytest.importorskip("trl", reason="TRL is in the dev extras")
     from datasets import Dataset
 
-    steps, keep = 6, 0.5
     tokenizer = copy.deepcopy(gpt2_tokenizer)
     tokenizer.pad_token = tokenizer.eos_token
     model = tiny_model("llama", vocab_size=len(tokenizer)).train()
@@ -92,9 +93,15 @@ def test_gum_fine_prunes_inside_trl_sft_trainer(tmp_path, gpt2_tokenizer):
     texts = Dataset.from_dict({"text": [f"Sentence {i}: pruning the neurons of a language model." for i in range(32)]})
     args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=steps, per_device_train_batch_size=4,
                          learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True, max_length=32, seed=0,
-                         logging_steps=steps, bf16=False)  # SFTConfig's default bf16 autocast would blur the check
+                         logging_steps=steps, bf16=False)
     trainer = fine_pruning_trainer(trl.SFTTrainer)(pruner=pruner, model=model, args=args, train_dataset=texts,
-                                                   processing_class=tokenizer)
+                                                   processing_class=tokenizer, **trainer_kwargs)
+    return trainer, pruner, model, tokenizer
+
+
+def test_gum_fine_prunes_inside_trl_sft_trainer(tmp_path, gpt2_tokenizer):
+    steps, keep = 6, 0.5
+    trainer, pruner, model, tokenizer = _gum_in_sft_trainer(tmp_path, gpt2_tokenizer, steps, keep)
     scores_before = [s.detach().clone() for s in pruner.scores.layers()]
     trainer.train()
     assert "mean_token_accuracy" in trainer.state.log_history[0]  # SFTTrainer's own loss and metrics still ran
@@ -119,18 +126,7 @@ def test_the_documented_example_runs(tiny_model_dir, data_dir, tmp_path):
 
 def test_distillation_inside_sft_trainer_is_refused_not_silently_untrained(tmp_path, gpt2_tokenizer):
     """TRL's fused LM head gives the logits without gradients: a distillation term would train nothing."""
-    trl = pytest.importorskip("trl", reason="TRL is in the dev extras")
-    from datasets import Dataset
-
-    tokenizer = copy.deepcopy(gpt2_tokenizer)
-    tokenizer.pad_token = tokenizer.eos_token
-    model = tiny_model("llama", vocab_size=len(tokenizer)).train()
-    teacher = tiny_model("llama", vocab_size=len(tokenizer))
-    pruner = _recording_gum_pruner(model, 2, 0.5)
-    texts = Dataset.from_dict({"text": ["Pruning the neurons of a language model."] * 8})
-    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=4, report_to=[],
-                         save_strategy="no", use_cpu=True, max_length=16, bf16=False)
-    trainer = fine_pruning_trainer(trl.SFTTrainer)(pruner=pruner, model=model, teacher=teacher, args=args,
-                                                   train_dataset=texts, processing_class=tokenizer)
+    teacher = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+    trainer, *_ = _gum_in_sft_trainer(tmp_path, gpt2_tokenizer, 2, 0.5, teacher=teacher)
     with pytest.raises(FfnpruneError, match="distillation would train nothing"):
         trainer.train()

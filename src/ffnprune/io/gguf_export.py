@@ -22,6 +22,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGML_QUANT_VERSION
 from gguf.quants import quantize
 from gguf.vocab import BpeVocab, SpecialVocab
 
+from ffnprune.adapters import adapter_for
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import atomic_file, check_writable
 from ffnprune.io.model_card import header_summary
@@ -73,8 +74,7 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", 
     out = check_gguf_output(out, overwrite)
     config = model.config
     check_exportable(config)
-    layers = model.model.layers
-    widths = [layer.mlp.down_proj.weight.shape[1] for layer in layers]
+    widths = adapter_for(config).mlp_widths(model)
     architecture = "llama" if len(set(widths)) == 1 and widths[0] > 0 else "deci"
     metadata = read_metadata(location) if location and Path(location).is_dir() else {}
     gguf_source = _tokenizer_gguf(tokenizer_from, location, metadata)
@@ -106,12 +106,11 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", 
 
 def check_exportable(config) -> None:
     """The llama/deci blocks of llama.cpp hold this model exactly, or an error says what they cannot hold."""
-    model_type = getattr(config, "model_type", None)
-    source_type = (getattr(config, "ffnprune", None) or {}).get("model_type", model_type)
-    if source_type not in GGUF_MODEL_TYPES:
+    model_type = getattr(config, "model_type", None)  # a loaded pruned model has its source's config class
+    if model_type not in GGUF_MODEL_TYPES:
         raise FfnpruneError(
             f"GGUF export writes llama.cpp's llama/deci architectures, which hold {', '.join(GGUF_MODEL_TYPES)} "
-            f"models, not {source_type!r}; for a {source_type} model with equal widths use `export --format uniform`"
+            f"models, not {model_type!r}; for a {model_type} model with equal widths use `export --format uniform`"
             " and llama.cpp's convert_hf_to_gguf.py"
         )
     rope = _rope(config)

@@ -41,6 +41,11 @@ def check_loading_info(info: dict, location) -> None:
         )
 
 
+def load_failure(failure: str, error: Exception) -> FfnpruneError:
+    """The error for a load that failed: `failure` with {error} replaced by what the reader raised."""
+    return FfnpruneError(failure.replace("{error}", str(error)))
+
+
 def from_pretrained_strictly(model_class, location, failure: str | None = None, **kwargs):
     """`model_class.from_pretrained(location, **kwargs)`, refusing any tensor that was not loaded exactly. With
     `failure` (a message in which {error} stands for the error), an error of the load itself (a damaged file raises
@@ -50,6 +55,6 @@ def from_pretrained_strictly(model_class, location, failure: str | None = None, 
     except Exception as error:
         if failure is None:
             raise
-        raise FfnpruneError(failure.replace("{error}", str(error))) from error
+        raise load_failure(failure, error) from error
     check_loading_info(info, location)
     return model

