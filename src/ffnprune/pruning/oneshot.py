@@ -50,7 +50,9 @@ def parse_layer_keep(spec: str | dict | None, layers: int | None = None) -> dict
                 raise FfnpruneError(f"--layer-keep names layer {layer}, but the model has {layers} layers "
                                     f"(0 to {layers - 1}, or -1 to -{layers})")
             layer %= layers
-        result[layer] = check_keep(keep)
+        if keep != 0:  # 0: the layer loses its whole MLP, asked for by name
+            check_keep(keep)
+        result[layer] = keep
     return result
 
 
