@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,13 @@ class Case:
     argv: tuple[str, ...]  # {dense}, {pruned}, {data}, {work} and {tmp} are filled in
     expect: str  # a part of the error message
     absent: str = ""  # a package this input is bad only without (the row is skipped where it is installed)
+    needs_no_gpu: bool = False  # bad only where PyTorch sees no GPU
 
     def applies(self) -> bool:
+        import torch
+
+        if self.needs_no_gpu and torch.cuda.is_available():
+            return False
         return not self.absent or importlib.util.find_spec(self.absent) is None
 
 
@@ -71,11 +77,12 @@ CASES = (
          "{tmp}/empty"),
     Case("empty calibration file", ("prune", "{dense}", "--method", "obs", "--calibration-data", "{tmp}/empty.txt",
                                     "--out", "{tmp}/out"), "empty.txt"),
-    Case("one-shot option with a gradual method", ("prune", "{dense}", "--steps", "10", "--reconstruct", "lstsq",
-                                                   "--out", "{tmp}/out"), "--reconstruct applies to one-shot"),
+    Case("one-shot option with a gradual method", ("prune", "{dense}", "--method", "magnitude", "--steps", "10",
+                                                   "--reconstruct", "lstsq", "--out", "{tmp}/out"),
+         "--reconstruct applies to one-shot"),
     Case("output exists", ("prune", "{dense}", "--out", "{pruned}"), "pass --overwrite"),
     Case("--overwrite on a directory ffnprune did not write", ("prune", "{dense}", "--out", "{tmp}/mine",
-                                                               "--overwrite"), "holds other files"),
+                                                               "--overwrite"), "also holds notes.txt"),
     Case("output under a file", ("prune", "{dense}", "--out", "{tmp}/afile/out"), "is a file, not a directory"),
     Case("resume with a changed keep", ("prune", "--resume", "{work}", "--keep", "0.25"), "--keep (0.5 -> 0.25)"),
     Case("resume a directory with no checkpoint", ("prune", "--resume", "{tmp}/empty"), "holds no checkpoint"),
@@ -110,6 +117,53 @@ CASES = (
          "--tokenizer-from {tmp}/afile is not a .gguf file"),
     Case("GGUF export of an architecture llama.cpp's llama/deci cannot hold",
          ("export", "{tmp}/gpt2", "--format", "gguf", "--out", "{tmp}/m.gguf"), "not 'gpt2'"),
+    # Round two: inputs that were accepted, lost files, or failed only after the model had loaded.
+    Case("--overwrite on ffnprune's directory that now holds the user's files",
+         ("prune", "{dense}", "--method", "magnitude", "--out", "{tmp}/annotated", "--overwrite"),
+         "also holds eval.json, notes.txt"),
+    Case("evaluate: --out over an existing file", ("evaluate", "{dense}", "--out", "{tmp}/afile"),
+         "--out {tmp}/afile already exists; pass --overwrite"),
+    Case("export over its own source", ("export", "{pruned}", "--uniform", "--out", "{pruned}", "--overwrite"),
+         "would replace the model it is made from"),
+    Case("analyze into the model it reads", ("analyze", "{pruned}", "--out", "{pruned}", "--overwrite"),
+         "would replace the model it is made from"),
+    Case("--round-to wider than the MLPs", ("prune", "{dense}", "--round-to", "256", "--out", "{tmp}/out"),
+         "--round-to 256 is wider than the narrowest MLP to prune (80 neurons)"),
+    Case("--keep so small that no neuron is kept", ("prune", "{dense}", "--keep", "0.0001", "--out", "{tmp}/out"),
+         "keeps no neuron at all"),
+    Case("--keep 1 with a calibrated method", ("prune", "{dense}", "--keep", "1", "--out", "{tmp}/out"),
+         "--keep 1 keeps every neuron: obs would calibrate"),
+    Case("--uniform with --format gguf", ("export", "{pruned}", "--uniform", "--format", "gguf", "--out",
+                                         "{tmp}/x.gguf"), "conflicts with --format gguf"),
+    Case("uniform export to a .gguf name", ("export", "{pruned}", "--format", "uniform", "--out", "{tmp}/x.gguf"),
+         "names a GGUF file"),
+    Case(".json (not JSONL) calibration file", ("prune", "{dense}", "--calibration-data", "{tmp}/calibration.json",
+                                                "--out", "{tmp}/out"), "is a .json file"),
+    Case("WikiText task given a JSONL file", ("prune", "{dense}", "--data", "{tmp}/rows.jsonl", "--out", "{tmp}/out"),
+         "the wikitext task reads plain text"),
+    Case("calibration options with a method that reads no data",
+         ("prune", "{dense}", "--method", "magnitude", "--calibration-tokens", "1000", "--out", "{tmp}/out"),
+         "--calibration-tokens applies to calibration"),
+    Case("bench: the two models swapped", ("bench", "{pruned}", "{dense}"), "look swapped"),
+    Case("calibration file shorter than one sequence", ("prune", "{dense}", "--calibration-data", "{tmp}/short.txt",
+                                                        "--out", "{tmp}/out"), "fewer than the 512 tokens"),
+    Case("calibration JSONL without a text key", ("prune", "{dense}", "--calibration-data", "{tmp}/keys.jsonl",
+                                                  "--out", "{tmp}/out"), "found an object with keys 'dialogue'"),
+    Case("calibration JSONL that is not JSON", ("prune", "{dense}", "--calibration-data", "{tmp}/broken.jsonl",
+                                                "--out", "{tmp}/out"), "line 1: not JSON"),
+    Case("calibration data that is a directory", ("prune", "{dense}", "--calibration-data", "{tmp}/empty",
+                                                  "--out", "{tmp}/out"), "is a directory"),
+    Case("--layer-keep naming a layer the model lacks", ("prune", "{dense}", "--layer-keep", "7:1", "--out",
+                                                         "{tmp}/out"), "names layer 7, but the model has 4 layers"),
+    Case("evaluate: --device cuda without a GPU", ("evaluate", "{dense}", "--device", "cuda"),
+         "--device cuda asked for", needs_no_gpu=True),
+    Case("--calibration-device cuda without a GPU", ("prune", "{dense}", "--calibration-device", "cuda", "--out",
+                                                     "{tmp}/out"), "--calibration-device cuda asked for",
+         needs_no_gpu=True),
+    Case("--eval-tokens below one sequence", ("prune", "{dense}", "--method", "movement", "--steps", "10",
+                                              "--eval-every", "5", "--eval-tokens", "8", "--context", "32", "--out",
+                                              "{tmp}/out"), "--eval-tokens 8 is less than one sequence"),
+    Case("resume a finished run", ("prune", "--resume", "{pruned}.work"), "the run finished, and its model is in"),
 )
 
 
@@ -134,6 +188,11 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
     (tmp / "maybe.yaml").write_text("distill: maybe\nsteps: 10\n")
     (tmp / "list.yaml").write_text("method: [gum, random]\n")
     (tmp / "typo.yaml").write_text("metod: gum\n")
+    (tmp / "calibration.json").write_text(json.dumps([{"text": "a document"}] * 200))
+    (tmp / "rows.jsonl").write_text(json.dumps({"context": "A: hi", "response": "a greeting"}) + "\n")
+    (tmp / "short.txt").write_text("a few words\n")
+    (tmp / "keys.jsonl").write_text(json.dumps({"dialogue": "A: hi " * 200}) + "\n")
+    (tmp / "broken.jsonl").write_text("{not json\n")
     bert = tmp / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
@@ -151,7 +210,11 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
             weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     pruned = tmp / "pruned"
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        assert main(["prune", str(dense), "--out", str(pruned)]) == 0
+        assert main(["prune", str(dense), "--method", "magnitude", "--out", str(pruned)]) == 0
+    annotated = tmp / "annotated"
+    shutil.copytree(pruned, annotated)
+    (annotated / "notes.txt").write_text("the user's notes\n")
+    (annotated / "eval.json").write_text("{}\n")  # as `evaluate DIR --out DIR/eval.json` writes
     work = _interrupted_run(tmp, dense, data)
     return {"tmp": str(tmp), "dense": str(dense), "pruned": str(pruned), "data": str(data), "work": str(work)}
 
@@ -207,7 +270,7 @@ def umask_run(tmp: Path, dense: Path) -> dict:
     old = os.umask(0o022)
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            assert main(["prune", str(dense), "--out", str(tmp / "modes")]) == 0
+            assert main(["prune", str(dense), "--method", "magnitude", "--out", str(tmp / "modes")]) == 0
     finally:
         os.umask(old)
     return {p.name: p.stat().st_mode & 0o777 for p in [tmp / "modes", *(tmp / "modes").iterdir()]}

@@ -51,7 +51,7 @@ def test_prune_saves_a_model_with_metadata_and_tokenizer(capsys, dense_dir, tmp_
     assert code == 2 and "--overwrite" in err
     code, _, err = run(capsys, "prune", dense_dir, "--keep", "0.5", "--out", out_dir, "--overwrite")
     assert code == 0, err
-    assert read_metadata(out_dir)["method"] == "magnitude"
+    assert read_metadata(out_dir)["method"] == "obs"  # the default: calibrated, refit
 
     uniform = tmp_path / "uniform"
     code, _, err = run(capsys, "export", out_dir, "--uniform", "--out", uniform)

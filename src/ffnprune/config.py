@@ -127,7 +127,8 @@ class CalibrationConfig:
 class PruneConfig:
     model: str | None = option(None, "hub id, local model directory, .gguf file, or 'smollm2-135m'", positional=True)
     out: str | None = option(None, "directory to write the pruned model to")
-    method: str = option("magnitude", "pruning method (ffnprune prune --help lists them)")
+    method: str = option("obs", "pruning method (ffnprune prune --help lists them); the default, obs, is the "
+                                "calibrated one-shot path (with --steps N, followed by N recovery steps)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
     steps: Steps = option(0, "optimizer steps: fine-pruning for random, magnitude and the learned methods; recovery "
                            "(fine-tuning the one-shot pruned model) for calibrated criteria; 0: one-shot only")
@@ -165,6 +166,7 @@ class EvaluateConfig:
     split: str = option("test", "split to evaluate")
     data: str | None = option(None, "task data folder or file (default: ../shared/data)")
     out: str | None = option(None, "write the results JSON here")
+    overwrite: bool = option(False, "replace --out if it exists")
     limit: Count | None = option(None, "evaluate the first N items only (generation tasks; WikiText: use "
                                        "--max-tokens)")
     strict: bool = option(False, "stop at the first malformed data row instead of skipping it")

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import shlex
 import shutil
 import time
 import warnings
@@ -21,15 +22,24 @@ from ffnprune.config import EvaluateConfig, PruneConfig, flag, read_yaml, to_fla
 from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
-from ffnprune.io.atomic import check_output_dir, write_json_atomic
+from ffnprune.io.atomic import check_not_inside, check_output_dir, write_json_atomic
 from ffnprune.io.hub import check_push, push_directory
 from ffnprune.io.pruned_dir import read_metadata, save_pruned
 from ffnprune.messages import say
-from ffnprune.models import LoadedModel, check_model_spec, fit_context, load_model, pick_device
+from ffnprune.models import (
+    LoadedModel,
+    check_model_spec,
+    fit_context,
+    load_model,
+    peek_model,
+    pick_device,
+    stored_dtype,
+)
 from ffnprune.pruning.oneshot import (
     calibration_metadata,
     compact_with_metadata,
     dense_scores,
+    layer_counts,
     needs_calibration,
     parse_layer_keep,
     prune_one_shot,
@@ -58,6 +68,8 @@ def check_config(config: PruneConfig) -> Method:
     if not config.out:
         raise FfnpruneError("no --out given: name the directory to write the pruned model to")
     check_model_spec(config.model)
+    if Path(config.model).expanduser().exists():
+        check_not_inside(config.out, config.model)
     if config.push_to_hub:
         check_push(config.push_to_hub)
     if config.training.report_to:
@@ -73,6 +85,12 @@ def check_config(config: PruneConfig) -> Method:
     if method.learned and config.steps == 0:
         raise FfnpruneError(f"method {method.name!r} learns its scores while fine-tuning: give --steps N (N > 0), or "
                             f"prune in one shot with {', '.join(CALIBRATED)}, random or magnitude")
+    if config.steps == 0 and not method.calibrated and config.calibration.reconstruct in (None, "none"):
+        warnings.warn(f"method {method.name} in one shot, without training or reconstruction, leaves a far worse "
+                      "model than the calibrated default (SmolLM2-135M at keep 0.5: random 28,467x and magnitude "
+                      "693,902x the dense perplexity, obs 1.61x); prefer `ffnprune prune "
+                      f"{shlex.quote(config.model)} --method obs --keep {config.keep} --out {shlex.quote(config.out)}`,"
+                      " add --reconstruct lstsq, or fine-prune with --steps N", FfnpruneWarning, stacklevel=2)
     if mu is not None and not method.uses_mu:
         warnings.warn(f"--mu {mu} is ignored by method {method.name}: only gum and anti-gum use it",
                       FfnpruneWarning, stacklevel=2)
@@ -89,6 +107,11 @@ def check_config(config: PruneConfig) -> Method:
     if config.eval_limit is not None and not config.evaluate:
         raise FfnpruneError("--eval-limit limits the final evaluation; add --evaluate, or drop it")
     check_calibration_options(config, method)
+    pick_device(config.calibration.calibration_device, "--calibration-device")
+    check_widths_and_space(config, method)
+    if config.training.eval_every and config.training.eval_tokens < config.training.context:
+        raise FfnpruneError(f"--eval-tokens {config.training.eval_tokens} is less than one sequence of --context "
+                            f"{config.training.context}; give --eval-tokens of at least {config.training.context}")
     if config.steps > 0:  # the data fine-pruning reads, found before any model loads or OUT.work exists
         task_data_path(config.task, config.data, config.train_split)
         if config.training.eval_every:
@@ -96,6 +119,46 @@ def check_config(config: PruneConfig) -> Method:
     if config.evaluate:
         task_data_path(config.task, config.data, config.eval_split)
     return method
+
+
+def check_widths_and_space(config: PruneConfig, method: Method) -> None:
+    """What the model's config tells before its weights load: layers --layer-keep names, widths --round-to and --keep
+    leave, and the disk space the saved model needs."""
+    layer_keep = parse_layer_keep(config.calibration.layer_keep)
+    if method.calibrated and config.keep == 1 and all(value == 1 for value in layer_keep.values()):
+        raise FfnpruneError(f"--keep 1 keeps every neuron: {method.name} would calibrate every layer to prune none, "
+                            "and its refit would give the model an MLP bias that needs remote code to load; give "
+                            "--keep below 1 (or --layer-keep), or fine-tune without pruning: --method magnitude --keep "
+                            "1 --steps N")
+    shape = peek_model(config.model)
+    if shape is None:
+        return
+    widths = shape.mlp_widths
+    layer_keep = parse_layer_keep(config.calibration.layer_keep, len(widths))
+    pruned = [width for index, width in enumerate(widths) if layer_keep.get(index, config.keep) < 1 and width > 0]
+    if config.round_to > 1 and pruned and config.round_to > min(pruned):
+        raise FfnpruneError(f"--round-to {config.round_to} is wider than the narrowest MLP to prune ({min(pruned)} "
+                            "neurons): its width would round to the whole layer or to nothing; give a multiple of at "
+                            f"most {min(pruned)} (8, 64 and 128 suit most hardware)")
+    counts = layer_counts(widths, config.keep, layer_keep, config.round_to)
+    if sum(counts) == 0:
+        raise FfnpruneError(f"--keep {config.keep} keeps no neuron at all: int({config.keep} x {max(widths)}) = 0 in "
+                            f"every layer; give a larger --keep (at least {1 / min(w for w in widths if w):.2g})")
+    share = sum(counts) / max(1, sum(widths))
+    bytes_per = torch.finfo(getattr(torch, config.dtype or stored_dtype(config.model) or "bfloat16")).bits // 8
+    needed = int((shape.parameters - (1 - share) * shape.mlp_parameters) * bytes_per)
+    check_free_space(Path(config.out), needed)
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    """Refuse before the work when the disk cannot hold what it will write (with a 5% margin)."""
+    ancestor = out.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    free = shutil.disk_usage(ancestor).free
+    if free < needed * 1.05:
+        raise FfnpruneError(f"--out {out}: the pruned model needs about {needed / 2**30:.2f} GiB and {ancestor} has "
+                            f"{free / 2**30:.2f} GiB free; free some space or choose another --out")
 
 
 def check_tracker(name: str) -> None:
@@ -109,6 +172,10 @@ def _changed_options(group) -> list[str]:
     """The flags of a config group whose values differ from their defaults."""
     return [flag(entry.name) for entry in dataclasses.fields(group)
             if getattr(group, entry.name) != entry.default]
+
+
+CALIBRATION_DATA_OPTIONS = ("--calibration-data", "--calibration-tokens", "--calibration-context",
+                            "--calibration-batch-size", "--calibration-inputs", "--calibration-target", "--damp")
 
 
 def one_shot(method: Method, steps: int) -> bool:
@@ -136,9 +203,15 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
         settings.init_scores != "zeros"
     if calibrating:
         if settings.calibration_data is not None:
-            check_calibration_file(settings.calibration_data)
+            check_calibration_file(settings.calibration_data, settings.calibration_context)
         else:
             task_data_path(config.task, config.data, config.train_split)
+    else:
+        unused = [name for name in _changed_options(settings) if name in CALIBRATION_DATA_OPTIONS]
+        if unused:
+            raise FfnpruneError(f"{', '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} to calibration, and "
+                                f"method {method.name} without reconstruction reads no calibration data; use a "
+                                f"calibrated method ({', '.join(CALIBRATED)}) or --reconstruct lstsq, or drop them")
 
 
 def prune(config: PruneConfig, resume: str | Path | None = None, say=say) -> Path:
@@ -183,6 +256,13 @@ def evaluate_and_save(loaded: LoadedModel, config: PruneConfig, metadata: dict, 
     try:
         return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite,
                            **save_kwargs)
+    except OSError as error:
+        workdir = shlex.quote(str(work_dir(config.out)))
+        kept = (f"the run's last checkpoint stays in {workdir}: free space, then `ffnprune prune --resume {workdir}`"
+                if config.steps and config.training.checkpoint_every else
+                "the pruning is lost: free space and run it again")
+        raise FfnpruneError(f"could not write the pruned model to {config.out}: {error.strerror or error}; nothing "
+                            f"was left there, and {kept}") from error
     finally:
         loaded.model.float()
 
@@ -212,7 +292,7 @@ def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say
         say(f"calibrating on {calibration.tokens:,} tokens ({len(calibration.examples)} sequences of "
             f"{calibration.source['context']}); {method.name} selection, {reconstruction_mode(method, settings)} "
             "reconstruction, layer by layer")
-    device = pick_device(settings.calibration_device)
+    device = pick_device(settings.calibration_device, "--calibration-device")
     widths_before, parameters_before = loaded.adapter.mlp_widths(loaded.model), loaded.model.num_parameters()
     started = time.perf_counter()
     with PeakMemory(device) as peak:
@@ -245,10 +325,12 @@ def final_evaluation(config: PruneConfig, loaded: LoadedModel, say=say) -> dict 
 
 def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say) -> Path:
     """Gradual fine-pruning on the cubic schedule, or, for calibrated criteria, one-shot pruning then recovery."""
-    recovering = method.calibrated
-    schedule = CubicSchedule(config.steps, 1.0 if recovering else config.keep, config.schedule.warmup_share,
+    schedule = CubicSchedule(config.steps, 1.0 if method.calibrated else config.keep, config.schedule.warmup_share,
                              config.schedule.cooldown_share)
     state = PartialState()
+    if resume is not None and Path(config.out).exists() and not config.overwrite:
+        raise FfnpruneError(f"output directory {config.out} already exists; a resumed run writes to the --out it "
+                            "started with: pass --overwrite to let it replace that directory")
     check_output_dir(config.out, config.overwrite)
     if resume is None:
         workdir = work_dir(config.out)
@@ -270,6 +352,18 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say
             _record_resume(workdir, config, changes, say)
     state.wait_for_everyone()
 
+    try:
+        return _train_and_save(config, method, schedule, workdir, resume, state, say)
+    except BaseException:
+        # A run that fails before its first checkpoint leaves nothing to resume: leave nothing behind either.
+        if resume is None and state.is_main_process and resumable_checkpoint(workdir / CHECKPOINT) is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule, workdir: Path,
+                    resume: Path | None, state, say) -> Path:
+    recovering = method.calibrated
     loaded = load_model(config.model)
     teacher = None
     if config.distill.distill:
@@ -378,5 +472,5 @@ def _calibrated_initial_scores(loaded: LoadedModel, config: PruneConfig, say) ->
     calibration = load_calibration(config, loaded, say)
     say(f"initial scores: {criterion.name} on {calibration.tokens:,} calibration tokens")
     scores = dense_scores(loaded.model, loaded.adapter, criterion, calibration, config.calibration,
-                          pick_device(config.calibration.calibration_device), config.seed)
+                          pick_device(config.calibration.calibration_device, "--calibration-device"), config.seed)
     return [(s - s.mean()) / (s.std() + 1e-12) if s.numel() > 1 else s * 0 for s in scores]

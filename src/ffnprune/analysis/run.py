@@ -16,10 +16,10 @@ from ffnprune.analysis.plots import plot_max_cosine, plot_model_summary, plot_se
 from ffnprune.analysis.redundancy import measure_redundancy, summarise
 from ffnprune.config import AnalyzeConfig
 from ffnprune.errors import FfnpruneError
-from ffnprune.io.atomic import atomic_directory, check_output_dir, write_json_atomic
+from ffnprune.io.atomic import atomic_directory, check_not_inside, check_output_dir, write_json_atomic
 from ffnprune.io.pruned_dir import read_metadata
 from ffnprune.messages import say
-from ffnprune.models import fit_context, load_model
+from ffnprune.models import fit_context, load_model, pick_device
 from ffnprune.tasks import task_examples
 
 REPORT = "redundancy.json"
@@ -31,6 +31,9 @@ def analyze(config: AnalyzeConfig, say=say) -> Path:
     if not config.model or not config.out:
         raise FfnpruneError("analyze needs MODEL and --out (or --compare DIR... --out)")
     check_output_dir(config.out, config.overwrite)
+    pick_device(config.device)
+    if Path(config.model).expanduser().exists():
+        check_not_inside(config.out, config.model)
     say(f"loading {config.model} ...")
     loaded = load_model(config.model, device=config.device)
     config = replace(config, context=fit_context(loaded.model, config.context))

@@ -16,7 +16,7 @@ from ffnprune.config import BenchConfig, SpeedConfig
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import write_json_atomic
 from ffnprune.messages import say
-from ffnprune.models import LoadedModel, load_model, pick_device
+from ffnprune.models import LoadedModel, load_model, peek_model, pick_device
 
 
 def int_list(text: str, what: str) -> list[int]:
@@ -110,10 +110,20 @@ def speed_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_roles(dense: str, pruned: str) -> None:
+    """Speed-ups are pruned against dense: models given the other way round would report their inverse."""
+    dense_shape, pruned_shape = peek_model(dense), peek_model(pruned)
+    if dense_shape and pruned_shape and sum(pruned_shape.mlp_widths) > sum(dense_shape.mlp_widths):
+        raise FfnpruneError(f"{pruned} has more MLP neurons ({sum(pruned_shape.mlp_widths):,}) than {dense} "
+                            f"({sum(dense_shape.mlp_widths):,}): the two look swapped; give the dense reference "
+                            "first, then the pruned model")
+
+
 def run_bench(config: BenchConfig, say=say) -> dict:
     if not config.dense or not config.pruned:
         raise FfnpruneError("bench needs two models: DENSE (the reference) and PRUNED (a pruned directory)")
     device = pick_device(config.device)
+    check_roles(config.dense, config.pruned)
     models = {}
     for role, spec in (("dense", config.dense), ("pruned", config.pruned)):
         say(f"loading {role} model {spec} ...")

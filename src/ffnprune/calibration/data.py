@@ -30,14 +30,26 @@ class CalibrationData:
                  .items() if k != "labels"} for start in range(0, len(self.examples), batch_size)]
 
 
-def check_calibration_file(path: str | Path) -> Path:
-    """The file must exist and hold text; checked before any model is loaded."""
+def check_calibration_file(path: str | Path, context: int | None = None) -> Path:
+    """The file must exist, hold text (JSONL: every line a string or an object with a 'text' string), and, where
+    `context` is given, possibly hold one sequence: checked before any model is loaded."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise FfnpruneError(f"calibration file {path} is a directory; give a text or JSONL file in it")
     if not path.is_file():
         raise FfnpruneError(f"calibration file {path} does not exist; give a text or JSONL file "
                             "(--calibration-data), or omit the option to calibrate on the task's training split")
+    if path.suffix.lower() == ".json":
+        raise FfnpruneError(f"calibration file {path} is a .json file, which would be calibrated on as raw text "
+                            "(brackets and keys included); write one JSON string or {\"text\": ...} object per line "
+                            "in a .jsonl file, or give plain text in a .txt file")
     if path.stat().st_size == 0 or not path.read_text(encoding="utf-8", errors="replace").strip():
         raise FfnpruneError(f"calibration file {path} is empty; give a file with text in it")
+    documents = _file_documents(path)
+    size = sum(len(document.encode("utf-8")) + 1 for document in documents)  # a token covers at least one byte
+    if context is not None and size < context:
+        raise FfnpruneError(f"calibration file {path} holds {size} bytes of text, fewer than the {context} tokens of "
+                            "one calibration sequence; give more text or a smaller --calibration-context")
     return path
 
 
@@ -58,8 +70,10 @@ def _file_documents(path: Path) -> list[str]:
         elif isinstance(record, str):
             documents.append(record)
         else:
+            found = f"an object with keys {', '.join(map(repr, record))}" if isinstance(record, dict) else \
+                f"a JSON {type(record).__name__}"
             raise FfnpruneError(f"calibration file {path}, line {number}: expected a string or an object with a "
-                                "'text' string")
+                                f"'text' string, found {found}; rename the key holding the text to 'text'")
     if not documents:
         raise FfnpruneError(f"calibration file {path} holds no text")
     return documents

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,11 +48,36 @@ def _prune(args) -> None:
     base = None
     if args.resume:
         if not (Path(args.resume) / RUN_CONFIG).is_file():
-            raise FfnpruneError(f"{args.resume} holds no checkpoint to resume (no {RUN_CONFIG}): give the work "
-                                "directory (OUT.work) that the run printed at its start")
+            raise FfnpruneError(_nothing_to_resume(Path(args.resume)))
         base = read_yaml(Path(args.resume) / RUN_CONFIG, PruneConfig)
-    out = prune(config_from_args(PruneConfig, args, base), resume=args.resume)
+    config = config_from_args(PruneConfig, args, base)
+    out = prune(config, resume=args.resume)
+    _summary(out)
+
+
+def _nothing_to_resume(workdir: Path) -> str:
+    from ffnprune.io.pruned_dir import read_metadata
+
+    out = workdir.with_name(workdir.name.removesuffix(".work"))
+    if workdir.name.endswith(".work") and read_metadata(out):
+        return (f"{workdir} holds no checkpoint: the run finished, and its model is in {out} (the work directory is "
+                "removed once the model is saved); nothing to resume")
+    return (f"{workdir} holds no checkpoint to resume (no run.yaml): give the work directory (OUT.work) that the run "
+            "printed at its start")
+
+
+def _summary(out: Path) -> None:
+    """What a user wants to know of the saved model, and how to go on."""
+    from ffnprune.analysis.footprint import format_widths
+    from ffnprune.io.pruned_dir import read_metadata
+
+    metadata = read_metadata(out)
+    before, after = metadata.get("parameters_before"), metadata.get("parameters_after")
     print(f"saved the pruned model to {out}")
+    print(f"MLP neurons per layer: {format_widths(metadata['mlp_widths'])}")
+    if before and after:
+        print(f"parameters: {before:,} -> {after:,} ({after / before:.1%})")
+    print(f"evaluate it: ffnprune evaluate {shlex.quote(str(out))}")
 
 
 def _evaluate(args) -> None:
@@ -87,6 +113,9 @@ def _export(args) -> None:
     from ffnprune.io.export import export
 
     if args.uniform:
+        if getattr(args, "format", "uniform") != "uniform":
+            raise FfnpruneError(f"--uniform is --format uniform, which conflicts with --format {args.format}; give "
+                                "one of them")
         args.format = "uniform"
     print(export(config_from_args(ExportConfig, args)))
 
@@ -202,11 +231,22 @@ def _interrupted(args) -> None:
 
         workdir = Path(resumed) if resumed else work_dir(out)
         if resumable_checkpoint(workdir / CHECKPOINT):
-            print(f"ffnprune: continue from the last checkpoint with: ffnprune prune --resume {workdir}",
-                  file=sys.stderr)
+            print(f"ffnprune: continue from the last checkpoint with: ffnprune prune --resume "
+                  f"{shlex.quote(str(workdir))}", file=sys.stderr)
+        elif _one_shot(args):
+            print("ffnprune: one-shot pruning writes nothing until it has finished; nothing was saved to "
+                  f"{out or 'the output'}: run it again", file=sys.stderr)
         else:
             print("ffnprune: no checkpoint was written (--checkpoint-every N writes them); nothing was saved to "
                   f"{out or 'the output'}", file=sys.stderr)
+
+
+def _one_shot(args) -> bool:
+    """Whether the interrupted prune was one-shot (--steps 0, the default), from its flags or --config file."""
+    try:
+        return config_from_args(PruneConfig, args).steps == 0
+    except FfnpruneError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

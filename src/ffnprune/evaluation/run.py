@@ -15,7 +15,7 @@ from ffnprune.evaluation.generate import GenerationSettings, generate
 from ffnprune.io.atomic import check_writable, write_json_atomic
 from ffnprune.messages import say
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
-from ffnprune.models import fit_context, load_model
+from ffnprune.models import fit_context, load_model, pick_device
 from ffnprune.tasks import get_task
 from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
@@ -95,7 +95,8 @@ def teacher_forced_exact_match(model, examples: Examples, batch_size: int) -> fl
 
 
 def check_data(config: EvaluateConfig) -> None:
-    """Fail on a bad task, split or data path before a model is loaded."""
+    """Fail on a bad task, split, device or data path before a model is loaded."""
+    pick_device(config.device)
     task = get_task(config.task)
     if str(config.data) == HUB:
         pass  # checked when read
@@ -119,6 +120,9 @@ def evaluate(config: EvaluateConfig, say=say, show=lambda result: None) -> dict:
         check_writable(config.out)
         if Path(config.out).is_dir():
             raise FfnpruneError(f"--out {config.out} is a directory; name the JSON file to write")
+        if Path(config.out).exists() and not config.overwrite:
+            raise FfnpruneError(f"--out {config.out} already exists; pass --overwrite to replace it, or choose "
+                                "another --out")
     say(f"loading {config.model} ...")
     loaded = load_model(config.model, device=config.device)
     say(f"evaluating on {config.task} {config.split} ...")

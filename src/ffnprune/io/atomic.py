@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -42,13 +43,41 @@ def check_writable(target: str | os.PathLike, what: str = "--out") -> Path:
     return target
 
 
-def written_by_ffnprune(directory: Path) -> bool:
-    return (directory / MARKER).exists() or any((directory / name).is_file() for name in KNOWN_OUTPUTS)
+def _files(directory: Path) -> set[str]:
+    return {str(path.relative_to(directory)) for path in directory.rglob("*") if not path.is_dir()}
+
+
+# What directories written before the marker listed its files hold (models, analyses, their logs).
+_LEGACY_OUTPUTS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                   "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                   "modeling_ffnprune.py", "README.md", "train_log.jsonl", "resumes.json", "*.png", "runs/*",
+                   *KNOWN_OUTPUTS)
+
+
+def foreign_files(directory: Path) -> list[str]:
+    """The files in `directory` that ffnprune did not write: those its marker does not list (a marker of an older
+    version lists nothing: then those that no ffnprune output is named like); every file if there is no marker."""
+    marker = directory / MARKER
+    present = _files(directory) - {MARKER}
+    legacy = {name for name in present if any(fnmatch.fnmatch(name, pattern) for pattern in _LEGACY_OUTPUTS)}
+    written = set()
+    if marker.is_file():
+        try:
+            written = set(json.loads(marker.read_text())["files"])
+        except (ValueError, KeyError, TypeError):  # an older marker: one line of text
+            written = legacy
+    elif any((directory / name).is_file() for name in KNOWN_OUTPUTS):
+        written = legacy
+    return sorted(present - written)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
 def check_output_dir(target: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output unless asked to replace it and it is ffnprune's own (checked before any long work
-    starts), and an output that cannot be created."""
+    """Refuse an existing output unless asked to replace it and everything in it is ffnprune's own (checked before
+    any long work starts), and an output that cannot be created."""
     target = check_writable(target)
     if target.exists() and not target.is_dir():
         raise FfnpruneError(f"output {target} exists and is not a directory; choose another --out")
@@ -56,12 +85,21 @@ def check_output_dir(target: str | os.PathLike, overwrite: bool) -> Path:
         raise FfnpruneError(
             f"output directory {target} already exists; pass --overwrite to replace it, or choose another --out"
         )
-    if target.exists() and any(target.iterdir()) and not written_by_ffnprune(target):
-        raise FfnpruneError(
-            f"--overwrite replaces only a directory that ffnprune wrote, and {target} holds other files; move them "
-            "away or choose another --out"
-        )
+    if target.exists():
+        others = foreign_files(target)
+        if others:
+            raise FfnpruneError(
+                f"--overwrite replaces only what ffnprune wrote, and {target} also holds {_listed(others)}; move "
+                "them away or choose another --out"
+            )
     return target
+
+
+def check_not_inside(out: str | os.PathLike, source: str | os.PathLike, what: str = "--out") -> None:
+    """An output may not replace what the command reads from, nor a directory that holds it."""
+    out, source = Path(out).expanduser().resolve(), Path(source).expanduser().resolve()
+    if out == source or out in source.parents:
+        raise FfnpruneError(f"{what} {out} would replace the model it is made from ({source}); choose another {what}")
 
 
 @contextmanager
@@ -78,8 +116,10 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}", dir=target.parent))
     try:
         follow_umask(staging, directory=True)
-        (staging / MARKER).write_text("written by ffnprune; `--overwrite` may replace this directory\n")
         yield staging
+        # The files ffnprune wrote, so that --overwrite can tell them from a user's files added later.
+        (staging / MARKER).write_text(json.dumps({"written_by": "ffnprune; --overwrite may replace these files",
+                                                  "files": sorted(_files(staging))}, indent=1) + "\n")
         for path in staging.rglob("*"):  # some writers (safetensors via transformers) create 0600 files too
             follow_umask(path, directory=path.is_dir())
         _commit(staging, target)

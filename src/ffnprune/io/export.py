@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ffnprune.config import ExportConfig, flag
 from ffnprune.errors import FfnpruneError
+from ffnprune.io.atomic import check_not_inside
 
 
 def export(config: ExportConfig) -> str:
@@ -15,6 +18,8 @@ def export(config: ExportConfig) -> str:
         raise FfnpruneError(f"export needs --out ({'a .gguf file' if config.format == 'gguf' else 'a directory'})")
     if config.model is None:
         raise FfnpruneError("export needs the model to export (a pruned directory)")
+    if Path(config.model).expanduser().exists():
+        check_not_inside(config.out, config.model)
     if config.format == "uniform":
         return _export_uniform(config)
     return _export_gguf(config)
@@ -26,6 +31,9 @@ def _export_uniform(config: ExportConfig) -> str:
     for name in ("outtype", "tokenizer_from"):
         if getattr(config, name) is not None:
             raise FfnpruneError(f"{flag(name)} applies to --format gguf only")
+    if Path(config.out).suffix == ".gguf":
+        raise FfnpruneError(f"--out {config.out} names a GGUF file, and --format uniform writes a directory; use "
+                            "--format gguf for a GGUF file, or another --out")
     out = export_uniform(config.model, config.out, overwrite=config.overwrite)
     return f"saved a uniform-width copy to {out}; it loads with plain from_pretrained"
 

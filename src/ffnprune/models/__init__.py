@@ -3,12 +3,15 @@
 from ffnprune.models.resolve import (
     SMOLLM2_ALIAS,
     LoadedModel,
+    ModelShape,
     check_model_spec,
     fit_context,
     load_model,
     model_positions,
+    peek_model,
     pick_device,
+    stored_dtype,
 )
 
 __all__ = ["SMOLLM2_ALIAS", "LoadedModel", "check_model_spec", "fit_context", "load_model", "model_positions",
-           "pick_device"]
+           "ModelShape", "peek_model", "pick_device", "stored_dtype"]

@@ -140,12 +140,12 @@ def fit_context(model: nn.Module, context: int, option: str = "--context") -> in
     return context
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", option: str = "--device") -> torch.device:
     """`auto` takes the GPU when PyTorch sees one; `cuda` on a machine without one is an error, not a silent CPU run."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise FfnpruneError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu or auto")
+        raise FfnpruneError(f"{option} cuda asked for, but PyTorch sees no CUDA device; use {option} cpu or auto")
     return torch.device(name)
 
 
@@ -186,10 +186,10 @@ def load_model(spec: str, dtype="float32", device: str = "cpu") -> LoadedModel:
             location = spec
             model, tokenizer = _load_hub(spec, dtype)
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, adapter_for(model.config), spec, str(location), _stored_dtype(location))
+    return LoadedModel(model, tokenizer, adapter_for(model.config), spec, str(location), stored_dtype(location))
 
 
-def _stored_dtype(location) -> str | None:
+def stored_dtype(location) -> str | None:
     """The dtype a model directory's config.json records for its weights (read before loading cast them)."""
     path = Path(str(location)) / "config.json"
     if not path.is_file():
@@ -200,3 +200,72 @@ def _stored_dtype(location) -> str | None:
         return None
     dtype = recorded.get("dtype") or recorded.get("torch_dtype")
     return dtype if dtype in ("float32", "bfloat16", "float16") else None
+
+
+@dataclass
+class ModelShape:
+    """What the checks before any work need of a model, read from its config and file headers, no weights."""
+
+    mlp_widths: list[int]
+    parameters: int
+    mlp_parameters: int
+
+
+def peek_model(spec: str) -> ModelShape | None:
+    """MODEL's MLP widths and parameter count without loading its weights (None for a hub id: that needs the
+    network, and the load itself reports what is wrong)."""
+    spec = str(spec)
+    location = smollm2_gguf_path() if spec.lower() == SMOLLM2_ALIAS else Path(spec).expanduser()
+    if not location.exists():
+        return None
+    if location.is_file():
+        return _peek_gguf(location)
+    if not (location / "config.json").is_file():
+        return None
+    if is_pruned_directory(location):
+        from ffnprune.io.remote_modeling import FfnprunedConfig
+
+        config = FfnprunedConfig.from_pretrained(location)
+        widths = list(config.ffnprune["mlp_widths"])
+    else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(location)
+        except (OSError, ValueError):
+            return None  # the load says what is wrong with it
+        with torch.device("meta"):
+            widths = adapter_for(config).mlp_widths(transformers.AutoModelForCausalLM.from_config(config))
+    from safetensors import safe_open
+
+    adapter = adapter_for(config)
+    projections = tuple(f".{path}." for path in (*adapter.inputs, adapter.output))
+    counts = {}
+    for weights in location.glob("*.safetensors"):
+        try:
+            with safe_open(weights, "pt") as handle:
+                counts.update({name: _count(handle.get_slice(name).get_shape()) for name in handle.keys()})
+        except Exception:  # a damaged file: the load names what is wrong with it
+            return None
+    return ModelShape(widths, sum(counts.values()),
+                      sum(n for name, n in counts.items() if any(p in name for p in projections)))
+
+
+def _count(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
+
+
+def _peek_gguf(path: Path) -> ModelShape | None:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        architecture = str(reader.fields["general.architecture"].contents())
+        widths = reader.fields[f"{architecture}.feed_forward_length"].contents()
+        layers = int(reader.fields[f"{architecture}.block_count"].contents())
+    except Exception:  # a damaged file, or an architecture that names these differently: the load reports it
+        return None
+    widths = [int(w) for w in widths] if isinstance(widths, list) else [int(widths)] * layers
+    counts = {tensor.name: _count(tensor.shape) for tensor in reader.tensors}
+    return ModelShape(widths, sum(counts.values()), sum(n for name, n in counts.items() if ".ffn_" in name))

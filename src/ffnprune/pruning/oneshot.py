@@ -230,6 +230,7 @@ def compact_with_metadata(loaded: LoadedModel, config: PruneConfig, kept: list[t
     parameters_before = extra.pop("parameters_before", None) or model.num_parameters()
     if compact:
         compact_mlps(model, adapter, kept)
+    warn_empty_layers(kept, widths_before, parse_layer_keep(config.calibration.layer_keep, len(kept)))
     method = get_method(config.method)
     gradual = "local (uniform widths)" if config.uniform_widths else method.selection
     selection = ("threshold" if method.selection == "threshold" else f"{gradual} top-v") if config.steps \
@@ -253,6 +254,16 @@ def compact_with_metadata(loaded: LoadedModel, config: PruneConfig, kept: list[t
         "kept_neurons": [k.tolist() for k in kept],
         **extra,
     }
+
+
+def warn_empty_layers(kept: list[torch.Tensor], widths: list[int], layer_keep: dict[int, float]) -> None:
+    """A layer left with no MLP neuron is worth a word, unless --layer-keep asked for exactly that."""
+    empty = [index for index, indices in enumerate(kept) if len(indices) == 0 and widths[index] > 0
+             and layer_keep.get(index) != 0]
+    if empty:
+        warnings.warn(f"{len(empty)} of {len(kept)} layers kept no MLP neuron (layers {', '.join(map(str, empty))}): "
+                      "their MLPs are removed. Give a larger --keep, --uniform-widths (global methods), or name those "
+                      "layers in --layer-keep to say this is what you want", FfnpruneWarning, stacklevel=3)
 
 
 def calibration_metadata(method: Method, settings: CalibrationConfig, calibration: CalibrationData | None,

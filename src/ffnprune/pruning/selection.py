@@ -63,8 +63,11 @@ def threshold_selection(scores: Sequence[torch.Tensor], threshold: float, final_
 
 
 def rounded_count(count: int, width: int, multiple: int) -> int:
-    """`count` rounded to the nearest multiple of `multiple`, at most `width` (a full layer stays full)."""
-    return width if count == width else min(width, multiple * round(count / multiple))
+    """`count` rounded to the nearest non-zero multiple of `multiple`, at most `width` (a full layer stays full, an
+    empty one empty: rounding never removes a layer's MLP)."""
+    if count in (0, width):
+        return count
+    return min(width, multiple * max(1, round(count / multiple)))
 
 
 def round_widths(kept: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], multiple: int) -> list[torch.Tensor]:

@@ -23,6 +23,10 @@ def wikitext_file(data: str | Path | None, split: str) -> Path:
         raise FfnpruneError(f"no WikiText data found: pass --data PATH (a data folder or a {SPLIT_FILES[split]} file) "
                             f"or set ${DATA_ENV}")
     if root.is_file():
+        if root.suffix.lower() in (".jsonl", ".json", ".csv"):
+            raise FfnpruneError(f"--data {root} is a {root.suffix} file, and the wikitext task reads plain text (a "
+                                f"{SPLIT_FILES[split]} file); for a task's rows give --task samsum, wikisql or e2e, "
+                                "and for your own calibration text --calibration-data")
         return root
     for subdir in SUBDIRS:
         candidate = root / subdir / SPLIT_FILES[split]
