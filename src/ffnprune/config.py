@@ -126,7 +126,7 @@ class CalibrationConfig:
 @dataclass
 class PruneConfig:
     model: str | None = option(None, "hub id, local model directory, .gguf file, or 'smollm2-135m'", positional=True)
-    out: str | None = option(None, "directory to write the pruned model to")
+    out: str | None = option(None, "directory to write the pruned model to (required, except with --resume)")
     method: str = option("obs", "pruning method (ffnprune prune --help lists them); the default, obs, is the "
                                 "calibrated one-shot path (with --steps N, followed by N recovery steps)")
     keep: float = option(0.5, "fraction of MLP neurons kept, in (0, 1]")
@@ -150,7 +150,8 @@ class PruneConfig:
     push_to_hub: str | None = option(None, "upload the saved directory (model card included) to this hub "
                                            "repository, OWNER/NAME, created private if missing")
     dtype: SavedDtype | None = option(None, "dtype of the saved weights: float32, bfloat16 or float16 (default: the "
-                                            "source checkpoint's, float32 for a GGUF source, which is dequantised)")
+                                            "source checkpoint's; bfloat16 for a GGUF source, whose quantised weights "
+                                            "are dequantised)")
     schedule: ScheduleConfig = group(ScheduleConfig)
     penalty: PenaltyConfig = group(PenaltyConfig)
     training: TrainingConfig = group(TrainingConfig)
@@ -185,7 +186,7 @@ class EvaluateConfig:
 @dataclass
 class AnalyzeConfig:
     model: str | None = option(None, "model (dense or pruned) to analyse", positional=True)
-    out: str | None = option(None, "directory for redundancy.json, neurons.safetensors and the plots")
+    out: str | None = option(None, "directory for redundancy.json, neurons.safetensors and the plots (required)")
     task: str = option("wikitext", "task whose data the measures run on")
     split: str = option("test", "split of the task")
     data: str | None = option(None, "task data folder or file (default: ../shared/data)")
@@ -263,7 +264,7 @@ class ExportConfig:
     model: str | None = option(
         None, "what to export: a pruned directory, or (--format gguf) any model: directory, .gguf file, hub id or "
               "'smollm2-135m'", positional=True)
-    out: str | None = option(None, "output: a directory (uniform) or a .gguf file (gguf)")
+    out: str | None = option(None, "output (required): a directory (uniform) or a .gguf file (gguf)")
     format: Literal["uniform", "gguf"] | None = option(
         None, "uniform: a stock transformers checkpoint, every layer at one width (zero neurons pad narrower "
               "layers); gguf: one file for llama.cpp (llama architecture for equal widths, deci for per-layer ones)")
@@ -310,7 +311,9 @@ def load_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
 
 
 def read_yaml(path: str | Path, config_class) -> dict:
-    values = load_yaml_mapping(path)
+    """A config file's options; keys are written like the flags' names, with dashes or underscores (round-to or
+    round_to)."""
+    values = {str(name).replace("-", "_"): value for name, value in load_yaml_mapping(path).items()}
     known = {key(entry) for _, entry, _ in leaf_fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:

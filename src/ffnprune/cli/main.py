@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "schedule (calibrated criteria: one-shot, then N recovery steps).",
     )
     add_config_arguments(prune, PruneConfig)
-    prune.add_argument("--config", help="YAML file of options (flat keys named like the flags); flags override it")
+    prune.add_argument("--config", help="YAML file of options (flat keys named like the flags, dashes or underscores: "
+                       "round-to or round_to); flags override it")
     prune.add_argument("--resume", help="continue the killed run whose work directory (OUT.work) this names")
     prune.set_defaults(handler=_prune)
 
