@@ -47,7 +47,7 @@ from ffnprune.pruning.oneshot import (
 )
 from ffnprune.pruning.selection import check_keep
 from ffnprune.schedules import CubicSchedule
-from ffnprune.tasks import get_task, task_data_path, task_examples
+from ffnprune.tasks import data_record, get_task, task_data_path, task_examples
 from ffnprune.tasks.base import GenerationTask
 from ffnprune.training.checkpoint import resumable_checkpoint
 from ffnprune.training.hooks import PenaltySettings
@@ -252,10 +252,9 @@ def evaluate_and_save(loaded: LoadedModel, config: PruneConfig, metadata: dict, 
             for parameter in loaded.model.parameters():
                 parameter.copy_(parameter.to(dtype))
     metadata["evaluation"] = final_evaluation(config, loaded, say)
-    loaded.model.to(dtype)
     try:
         return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite,
-                           **save_kwargs)
+                           dtype=metadata["saved_dtype"], **save_kwargs)
     except OSError as error:
         workdir = shlex.quote(str(work_dir(config.out)))
         kept = (f"the run's last checkpoint stays in {workdir}: free space, then `ffnprune prune --resume {workdir}`"
@@ -263,8 +262,6 @@ def evaluate_and_save(loaded: LoadedModel, config: PruneConfig, metadata: dict, 
                 "the pruning is lost: free space and run it again")
         raise FfnpruneError(f"could not write the pruned model to {config.out}: {error.strerror or error}; nothing "
                             f"was left there, and {kept}") from error
-    finally:
-        loaded.model.float()
 
 
 def load_calibration(config: PruneConfig, loaded: LoadedModel, say=say) -> CalibrationData:
@@ -276,10 +273,18 @@ def load_calibration(config: PruneConfig, loaded: LoadedModel, say=say) -> Calib
 
 
 def _layer_progress(say, what: str):
+    """One line per layer, with the time spent and an estimate of the time left."""
+    started = time.perf_counter()
+
     def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 6) == 0:
-            say(f"{what}: layer {done} of {total}")
+        elapsed = time.perf_counter() - started
+        left = f", about {_duration(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        say(f"{what}: layer {done} of {total}, {_duration(elapsed)}{left}")
     return progress
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
 
 
 def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say) -> dict:
@@ -387,7 +392,7 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
                     train_examples,
                     eval_examples, workdir, teacher=teacher, resume=resume is not None, say=say,
                     initial_scores=initial_scores)
-    protocol = {"task": config.task, "data": str(config.data or "default (../shared/data)"),
+    protocol = {"task": config.task, **data_record(config.task, config.data, config.train_split),
                 "train_split": config.train_split, "eval_split": config.eval_split, "context": length,
                 "train_examples": len(train_examples)}
     training = {"final_loss": outcome.final_loss, "log": LOG, "resumed": read_resumes(workdir),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import ffnprune
 from ffnprune.analysis.plots import plot_max_cosine, plot_model_summary, plot_sensitivity_uniqueness, plot_widths
 from ffnprune.analysis.redundancy import measure_redundancy, summarise
 from ffnprune.config import AnalyzeConfig
-from ffnprune.errors import FfnpruneError
+from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.io.atomic import atomic_directory, check_not_inside, check_output_dir, write_json_atomic
 from ffnprune.io.pruned_dir import read_metadata
 from ffnprune.messages import say
@@ -59,6 +60,7 @@ def analyze(config: AnalyzeConfig, say=say) -> Path:
     if tokens < 4 * max(widths, default=0):
         report["warning"] = (f"{tokens} tokens for layers of up to {max(widths)} neurons: R^2 overfits when tokens are "
                              "few; use --max-tokens of at least 4x the widest layer")
+        warnings.warn(report["warning"], FfnpruneWarning, stacklevel=2)
     with atomic_directory(config.out, config.overwrite) as staging:
         write_json_atomic(staging / REPORT, report)
         save_file({f"{name}.{i}": getattr(m, name).contiguous() for i, m in enumerate(measures)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ffnprune.errors import FfnpruneError
-from ffnprune.tasks import task_examples
+from ffnprune.tasks import data_record, task_examples
 from ffnprune.tasks.examples import Examples
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -103,7 +103,7 @@ def calibration_data(tokenizer, *, tokens: int, context: int, seed: int, file: s
         source = {"file": str(path)}
     else:
         examples = task_examples(task, tokenizer, data, split, context, strict=strict)
-        source = {"task": task, "split": split, "data": str(data or "default (../shared/data)")}
+        source = {"task": task, "split": split, **data_record(task, data, split)}
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
     real = examples.attention_mask.sum(dim=1)[order]
     count = int((real.cumsum(0) < tokens).sum()) + 1  # sequences until `tokens` is reached

@@ -4,6 +4,8 @@ how to load it; and the summary stamped into the safetensors header."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import ffnprune
@@ -63,9 +65,11 @@ def model_card(metadata: dict, widths: list[int], name: str, remote_code: bool =
               ("parameters", f"{metadata['parameters_after']:,} (from {metadata['parameters_before']:,})"
                if metadata.get("parameters_after") and metadata.get("parameters_before") else None),
               ("ffnprune", metadata.get("ffnprune_version", ffnprune.__version__))]
+    recipe.append(("source weights", _dequantised(metadata.get("source_location"))))
     one_shot = metadata.get("one_shot") or {}
     if one_shot.get("criterion"):
         recipe.append(("one-shot", f"{one_shot['criterion']} with {one_shot.get('reconstruct')} reconstruction"))
+    recipe += _training(metadata)
     uniform = len(set(widths)) == 1
     lines = [_front_matter(metadata), f"# {name}", "",
              f"{source}, with the MLP neurons of every decoder layer pruned by "
@@ -83,8 +87,31 @@ def model_card(metadata: dict, widths: list[int], name: str, remote_code: bool =
               f'model = transformers.AutoModelForCausalLM.from_pretrained("{name}"{trust})',
               f'tokenizer = transformers.AutoTokenizer.from_pretrained("{name}"{trust})', "```", "",
               f"{why} `pruning.json` holds the whole recipe and the kept neuron indices. For llama.cpp (LLaMA-family "
-              f"models): `ffnprune export {name} --format gguf --out {name}.gguf`.", ""]
+              f"models): `ffnprune export {shlex.quote(name)} --format gguf --out {shlex.quote(name + '.gguf')}`.",
+              ""]
     return "\n".join(lines)
+
+
+def _dequantised(location: str | None) -> str | None:
+    """A GGUF source was quantised: the pruned model inherits that rounding, and a reader should know."""
+    if not location or not str(location).endswith(".gguf"):
+        return None
+    kind = re.search(r"\.((?:I?Q\d\w*)|F16|BF16|F32)\.gguf$", str(location), re.IGNORECASE)
+    stored = f"{kind.group(1).upper()} " if kind else ""
+    return f"dequantised from the {stored}GGUF file {Path(location).name}: the pruned model keeps that file's rounding"
+
+
+def _training(metadata: dict) -> list[tuple[str, object]]:
+    """The fine-pruning or recovery run: its data, learning rate, context and batch."""
+    training, protocol = metadata.get("training") or {}, metadata.get("protocol") or {}
+    options = metadata.get("hyperparameters") or {}
+    if not training:
+        return []
+    data = f"{protocol.get('task')} {protocol.get('train_split')} ({protocol.get('file') or protocol.get('data')})"
+    batch = options.get("batch_size", 0) * options.get("grad_accum", 1)
+    return [("training", f"{training.get('kind')}, {metadata.get('steps')} steps"), ("training data", data),
+            ("learning rate", options.get("lr")), ("context x batch", f"{protocol.get('context')} x {batch}"),
+            ("distillation", "from the dense model" if training.get("distilled") else "none")]
 
 
 def header_summary(metadata: dict, widths: list[int]) -> dict[str, str]:

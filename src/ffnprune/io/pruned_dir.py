@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 import transformers
 from torch import nn
 
@@ -31,12 +32,24 @@ def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
 
 
 def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: dict, overwrite: bool = False,
-                extra_files: dict[str, Path] | None = None) -> Path:
+                extra_files: dict[str, Path] | None = None, dtype: str | None = None) -> Path:
     """Save a compacted model (see compaction.compact_mlps) atomically, with `extra_files` (name -> source file or
-    directory) copied beside it; returns the directory."""
+    directory) copied beside it; returns the directory. `dtype` (float32, bfloat16, float16; default: the model's
+    own) is what the weights are stored in, as `ffnprune prune --dtype` (whose default for a GGUF source is
+    bfloat16); the model in memory keeps its dtype."""
     spec = getattr(model.config, "ffnprune", None)
     if spec is None:
         raise ValueError("the model has not been compacted (config.ffnprune is missing); call compact_mlps first")
+    computed = next(model.parameters()).dtype
+    try:
+        if dtype is not None:
+            model.to(getattr(torch, dtype))
+        return _save_pruned(model, tokenizer, out, metadata, overwrite, extra_files, spec)
+    finally:
+        model.to(computed)
+
+
+def _save_pruned(model, tokenizer, out, metadata, overwrite, extra_files, spec) -> Path:
     with atomic_directory(out, overwrite) as staging:
         _save_plain(model, tokenizer, staging)  # the pruned class writes its modelling file and auto_map
         write_json_atomic(staging / METADATA_FILE, {**metadata, "mlp_widths": spec["mlp_widths"]})
@@ -120,6 +133,7 @@ def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwri
     del model.config.auto_map
     metadata = {
         **read_metadata(directory),
+        "parameters_after": model.num_parameters(),  # as stored: padding and zero input biases included
         "uniform_export": {"from": str(directory), "width": width, "kept_widths": spec["mlp_widths"],
                            "note": "padded neurons have zero weights and biases and contribute exactly 0"},
     }

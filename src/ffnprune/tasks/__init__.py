@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from ffnprune.errors import FfnpruneError
 from ffnprune.tasks.base import HUB, GenerationTask
+from ffnprune.tasks.data import DATA_ENV, default_data_dir
 from ffnprune.tasks.e2e import E2E
 from ffnprune.tasks.examples import Examples
 from ffnprune.tasks.samsum import SAMSUM
@@ -29,6 +33,21 @@ def task_data_path(name: str, data, split: str):
     return task.path(data, split)
 
 
+def data_record(name: str, data, split: str) -> dict:
+    """What a result file records of the data it read: the file relative to the data root (so results compare across
+    machines), the root as given, and the file's SHA-256."""
+    path = task_data_path(name, data, split)
+    if path == HUB:
+        return {"data": HUB}
+    path = Path(path).resolve()
+    root = Path(data).resolve() if data is not None and Path(data).is_dir() else default_data_dir()
+    root = root.resolve() if root is not None else None
+    relative = path.relative_to(root) if root is not None and root in path.parents else path.name
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    given = str(data) if data is not None else f"default (${DATA_ENV}, else ../shared/data)"
+    return {"data": given, "file": str(relative), "sha256": digest}
+
+
 def task_examples(name: str, tokenizer, data, split: str, length: int, max_tokens: int | None = None,
                   loss_on_prompt: bool = False, strict: bool = False) -> Examples:
     """Training or evaluation examples of a task: WikiText blocks, or prompt-target rows with the loss on targets."""
@@ -38,4 +57,4 @@ def task_examples(name: str, tokenizer, data, split: str, length: int, max_token
     return Examples.from_pairs(tokenizer, task.read(data, split, strict).items, length, loss_on_prompt)
 
 
-__all__ = ["TASKS", "Examples", "get_task", "task_data_path", "task_examples"]
+__all__ = ["TASKS", "Examples", "data_record", "get_task", "task_data_path", "task_examples"]
