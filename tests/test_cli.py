@@ -113,7 +113,8 @@ def test_demo_fine_prunes_each_method_and_records_its_protocol(capsys, dense_dir
         assert [r["batch_size"] for r in timed] == [1, 8] and all(r["speedup_decode_flops"] > 1 for r in timed)
         assert load_pruned(out_dir / method).config.ffnprune["mlp_widths"] == row["mlp_widths"]
         assert json.loads((out_dir / method / "pruning.json").read_text())["steps"] == 3
-    assert "ffnprune_version" in result and result["data"].endswith("wiki.test.tokens")
+    assert "ffnprune_version" in result and result["data"]["file"] == "wikitext/wikitext-2-v1/wiki.test.tokens"
+    assert len(result["data"]["sha256"]) == 64
 
 
 def test_demo_unknown_method_lists_the_known_ones(capsys, dense_dir, data_dir, tmp_path):

@@ -303,7 +303,8 @@ def test_round_widths_trims_the_lowest_kept_and_restores_the_highest_pruned():
     assert torch.equal(down, torch.sort(order[:32]).values)
     assert len(round_widths([torch.arange(100)], [scores], 8)[0]) == 100  # a full layer stays full
     assert len(round_widths([torch.arange(98)], [scores], 8)[0]) == 96
-    assert len(round_widths([torch.arange(3)], [scores], 8)[0]) == 0
+    assert len(round_widths([torch.arange(3)], [scores], 8)[0]) == 8  # the nearest non-zero multiple
+    assert len(round_widths([torch.arange(0)], [scores], 8)[0]) == 0  # an empty layer stays empty
     with pytest.raises(FfnpruneError, match="--round-to"):
         round_widths([odd], [scores], 0)
 

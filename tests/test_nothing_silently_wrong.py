@@ -110,6 +110,12 @@ def test_a_disk_too_small_for_the_output_is_refused_before_work(tmp_path, tiny_m
     code, _, err = _run(capsys, "prune", tiny_model_dir("llama"), "--out", tmp_path / "out")
     assert code == 2 and "GiB free" in err
     assert list(tmp_path.iterdir()) == []
+    # 30 MB hold the tiny model pruned (about 10 MB in float32), not its training checkpoints (14 bytes a parameter).
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 0, 30 * 10**6))
+    assert _run(capsys, "prune", tiny_model_dir("llama"), "--method", "magnitude", "--out", tmp_path / "one")[0] == 0
+    code, _, err = _run(capsys, "prune", tiny_model_dir("llama"), "--method", "movement", "--steps", "4",
+                        "--checkpoint-every", "2", "--out", tmp_path / "run")
+    assert code == 2 and "checkpoints (OUT.work) need" in err
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_work_directory(tmp_path, tiny_model_dir, capsys,

@@ -20,6 +20,7 @@ from ffnprune.metrics.perplexity import block_perplexity, token_ids
 from ffnprune.models import load_model
 from ffnprune.pipeline import prune
 from ffnprune.pruning.selection import check_keep
+from ffnprune.tasks import data_record
 from ffnprune.tasks.wikitext import read_wikitext
 
 RESULTS = "results.json"
@@ -87,7 +88,7 @@ def run_demo(config: DemoConfig, say=say) -> dict:
     result = {
         "ffnprune_version": __version__,
         "model": config.model,
-        "data": str(data_path),
+        "data": data_record("wikitext", config.data, "test"),
         "split": "test",
         "train_split": "validation",
         "methods": methods,

@@ -31,6 +31,7 @@ from ffnprune.models import (
     check_model_spec,
     fit_context,
     load_model,
+    load_tokenizer,
     peek_model,
     pick_device,
     stored_dtype,
@@ -147,17 +148,24 @@ def check_widths_and_space(config: PruneConfig, method: Method) -> None:
     share = sum(counts) / max(1, sum(widths))
     bytes_per = torch.finfo(getattr(torch, config.dtype or stored_dtype(config.model) or "bfloat16")).bits // 8
     needed = int((shape.parameters - (1 - share) * shape.mlp_parameters) * bytes_per)
-    check_free_space(Path(config.out), needed)
+    what = "the pruned model needs"
+    if config.steps and config.training.checkpoint_every:
+        needed += shape.parameters * CHECKPOINT_BYTES_PER_PARAMETER
+        what = "the pruned model and the run's checkpoints (OUT.work) need"
+    check_free_space(Path(config.out), needed, what)
 
 
-def check_free_space(out: Path, needed: int) -> None:
+CHECKPOINT_BYTES_PER_PARAMETER = 14  # float32 weights, AdamW's two moments, scores (1.9 GB for SmolLM2-135M)
+
+
+def check_free_space(out: Path, needed: int, what: str) -> None:
     """Refuse before the work when the disk cannot hold what it will write (with a 5% margin)."""
     ancestor = out.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
     free = shutil.disk_usage(ancestor).free
     if free < needed * 1.05:
-        raise FfnpruneError(f"--out {out}: the pruned model needs about {needed / 2**30:.2f} GiB and {ancestor} has "
+        raise FfnpruneError(f"--out {out}: {what} about {needed / 2**30:.2f} GiB and {ancestor} has "
                             f"{free / 2**30:.2f} GiB free; free some space or choose another --out")
 
 
@@ -203,7 +211,8 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
         settings.init_scores != "zeros"
     if calibrating:
         if settings.calibration_data is not None:
-            check_calibration_file(settings.calibration_data, settings.calibration_context)
+            check_calibration_file(settings.calibration_data, load_tokenizer(config.model),
+                                   settings.calibration_context)
         else:
             task_data_path(config.task, config.data, config.train_split)
     else:

@@ -30,9 +30,9 @@ class CalibrationData:
                  .items() if k != "labels"} for start in range(0, len(self.examples), batch_size)]
 
 
-def check_calibration_file(path: str | Path, context: int | None = None) -> Path:
-    """The file must exist, hold text (JSONL: every line a string or an object with a 'text' string), and, where
-    `context` is given, possibly hold one sequence: checked before any model is loaded."""
+def check_calibration_file(path: str | Path, tokenizer=None, context: int | None = None) -> Path:
+    """The file must exist, hold text (JSONL: every line a string or an object with a 'text' string), and, where a
+    tokenizer is given, at least one sequence of `context` tokens: checked before any model is loaded."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise FfnpruneError(f"calibration file {path} is a directory; give a text or JSONL file in it")
@@ -45,11 +45,9 @@ def check_calibration_file(path: str | Path, context: int | None = None) -> Path
                             "in a .jsonl file, or give plain text in a .txt file")
     if path.stat().st_size == 0 or not path.read_text(encoding="utf-8", errors="replace").strip():
         raise FfnpruneError(f"calibration file {path} is empty; give a file with text in it")
-    documents = _file_documents(path)
-    size = sum(len(document.encode("utf-8")) + 1 for document in documents)  # a token covers at least one byte
-    if context is not None and size < context:
-        raise FfnpruneError(f"calibration file {path} holds {size} bytes of text, fewer than the {context} tokens of "
-                            "one calibration sequence; give more text or a smaller --calibration-context")
+    _file_documents(path)
+    if tokenizer is not None and context is not None:
+        _file_examples(path, tokenizer, context)
     return path
 
 

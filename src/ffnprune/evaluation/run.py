@@ -16,7 +16,7 @@ from ffnprune.io.atomic import check_writable, write_json_atomic
 from ffnprune.messages import say
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
 from ffnprune.models import fit_context, load_model, pick_device
-from ffnprune.tasks import get_task
+from ffnprune.tasks import data_record, get_task
 from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
 from ffnprune.tasks.wikitext import read_wikitext, wikitext_file
@@ -48,7 +48,7 @@ def _evaluate_perplexity(model, tokenizer, config: EvaluateConfig) -> dict:
     windows = examples_perplexity(model, Examples.sliding_windows(ids, config.context, config.stride),
                                   config.batch_size)
     return {
-        "data": str(path), "tokens": len(ids),
+        "data": data_record(config.task, config.data, config.split), "tokens": len(ids),
         "metrics": {"perplexity": blocks["perplexity"], "sliding_window_perplexity": windows["perplexity"]},
         "protocol": {"block": {"context": config.context, "stride": config.context,
                                "tokens_scored": blocks["tokens_scored"]},
@@ -72,7 +72,8 @@ def _evaluate_generation(model, tokenizer, task: GenerationTask, config: Evaluat
         metrics["exact_match_teacher_forced"] = teacher_forced_exact_match(
             model, Examples.from_pairs(tokenizer, pairs, config.context), config.batch_size)
     return {
-        "data": rows.report(), "items": len(items), "limit": config.limit, "metrics": metrics,
+        "data": {**rows.report(), **data_record(config.task, config.data, config.split)}, "items": len(items),
+        "limit": config.limit, "metrics": metrics,
         "protocol": {"generation": asdict(settings), "prompt_format": items[0].prompt.split("\n")[0] + " ..."},
         "samples": [{"prompt": i.prompt[-200:], "prediction": p, "references": i.references[:3]}
                     for i, p in zip(items[:5], predictions)],

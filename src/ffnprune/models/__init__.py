@@ -7,11 +7,12 @@ from ffnprune.models.resolve import (
     check_model_spec,
     fit_context,
     load_model,
+    load_tokenizer,
     model_positions,
     peek_model,
     pick_device,
     stored_dtype,
 )
 
-__all__ = ["SMOLLM2_ALIAS", "LoadedModel", "check_model_spec", "fit_context", "load_model", "model_positions",
-           "ModelShape", "peek_model", "pick_device", "stored_dtype"]
+__all__ = ["SMOLLM2_ALIAS", "LoadedModel", "ModelShape", "check_model_spec", "fit_context", "load_model",
+           "load_tokenizer", "model_positions", "peek_model", "pick_device", "stored_dtype"]

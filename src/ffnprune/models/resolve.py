@@ -249,6 +249,27 @@ def peek_model(spec: str) -> ModelShape | None:
                       sum(n for name, n in counts.items() if any(p in name for p in projections)))
 
 
+def load_tokenizer(spec: str):
+    """MODEL's tokenizer alone (seconds, where the weights take minutes), for the checks before any work; None where
+    it cannot be had that way (a hub id: the load reports what is wrong)."""
+    spec = str(spec)
+    location = smollm2_gguf_path() if spec.lower() == SMOLLM2_ALIAS else Path(spec).expanduser()
+    try:
+        if location.is_file():
+            return transformers.PreTrainedTokenizerFast.from_pretrained(location.parent, gguf_file=location.name)
+        if not (location / "config.json").is_file():
+            return None
+        if is_pruned_directory(location):
+            from ffnprune.io.remote_modeling import FfnprunedConfig
+
+            config = FfnprunedConfig.from_pretrained(location)
+        else:
+            config = transformers.AutoConfig.from_pretrained(location)
+        return transformers.AutoTokenizer.from_pretrained(location, config=config)
+    except Exception:  # a damaged or missing tokenizer: the load names the problem
+        return None
+
+
 def _count(shape) -> int:
     count = 1
     for size in shape:
