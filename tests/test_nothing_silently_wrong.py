@@ -144,3 +144,21 @@ def test_yaml_keys_may_be_written_like_the_flags(tmp_path, tiny_model_dir, capsy
 def test_help_says_out_is_required(capsys, command):
     assert main([command, "--help"]) == 0
     assert "(required" in capsys.readouterr().out
+
+
+def test_training_and_generation_stay_within_the_model_positions(tmp_path, tiny_model_dir, data_dir, capsys):
+    """A GPT-2 of 64 positions: training at the default --context 512 and SAMSum prompts of hundreds of tokens plus
+    the new ones used to end in an IndexError inside the position embedding."""
+    gpt2 = tiny_model_dir("gpt2")
+    code, _, err = _run(capsys, "prune", gpt2, "--method", "movement", "--steps", "4", "--batch-size", "2", "--data",
+                        data_dir, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "--context 512 is longer than the model's 64 positions; using 64" in err
+    assert json.loads((tmp_path / "out" / "pruning.json").read_text())["protocol"]["context"] == 64
+    report = tmp_path / "samsum.json"
+    code, _, err = _run(capsys, "evaluate", gpt2, "--task", "samsum", "--limit", "2", "--num-beams", "1", "--data",
+                        data_dir, "--out", report)
+    assert code == 0, err
+    assert "the model has 64 positions: prompts keep their last 32 tokens" in err
+    generation = json.loads(report.read_text())["protocol"]["generation"]
+    assert generation["max_prompt_tokens"] + generation["max_new_tokens"] <= 64

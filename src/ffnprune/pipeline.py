@@ -387,7 +387,7 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
         loaded, one_shot_metadata = _one_shot_before_recovery(loaded, config, method, workdir, resume, state, say)
     elif config.calibration.init_scores != "zeros":
         initial_scores = _calibrated_initial_scores(loaded, config, say)
-    length = config.training.context
+    length = fit_context(loaded.model, config.training.context)
     train_examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length,
                                    loss_on_prompt=config.loss_on_prompt, strict=config.strict)
     eval_examples = None

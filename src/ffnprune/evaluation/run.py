@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from ffnprune.evaluation.generate import GenerationSettings, generate
 from ffnprune.io.atomic import check_writable, write_json_atomic
 from ffnprune.messages import say
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
-from ffnprune.models import fit_context, load_model, pick_device
+from ffnprune.models import fit_context, load_model, model_positions, pick_device
 from ffnprune.tasks import data_record, get_task
 from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
@@ -57,13 +58,30 @@ def _evaluate_perplexity(model, tokenizer, config: EvaluateConfig) -> dict:
     }
 
 
+def fit_generation(model, settings: GenerationSettings) -> GenerationSettings:
+    """Prompt and generated tokens within the model's positions (beyond them its position embedding fails): new
+    tokens take at most half of them, the prompt keeps its end in the rest; a notice says what was cut."""
+    positions = model_positions(model)
+    if positions is None or settings.max_prompt_tokens + settings.max_new_tokens <= positions:
+        return settings
+    new_tokens = min(settings.max_new_tokens, positions // 2)
+    fitted = replace(settings, max_new_tokens=new_tokens, max_prompt_tokens=positions - new_tokens)
+    logging.getLogger("ffnprune").warning(
+        f"the model has {positions} positions: prompts keep their last {fitted.max_prompt_tokens} tokens and "
+        f"generation stops after {new_tokens} new tokens (asked: {settings.max_prompt_tokens} and "
+        f"{settings.max_new_tokens})")
+    return fitted
+
+
 def _evaluate_generation(model, tokenizer, task: GenerationTask, config: EvaluateConfig, progress: bool) -> dict:
     rows = task.read(config.data, config.split, config.strict)
     items = task.eval_items(rows.items)
     if config.limit:
         items = items[: config.limit]
-    settings = GenerationSettings(config.num_beams, config.length_penalty, config.no_repeat_ngram_size,
-                                  config.max_new_tokens or task.max_new_tokens, config.batch_size)
+    settings = fit_generation(model, GenerationSettings(config.num_beams, config.length_penalty,
+                                                       config.no_repeat_ngram_size,
+                                                       config.max_new_tokens or task.max_new_tokens,
+                                                       config.batch_size))
     predictions = generate(model, tokenizer, [item.prompt for item in items], settings, progress)
     references = [item.references for item in items]
     metrics = task.score(predictions, references)
