@@ -165,6 +165,10 @@ CASES = (
                                               "--eval-every", "5", "--eval-tokens", "8", "--context", "32", "--out",
                                               "{tmp}/out"), "--eval-tokens 8 is less than one sequence"),
     Case("resume a finished run", ("prune", "--resume", "{pruned}.work"), "the run finished, and its model is in"),
+    Case("evaluate: --full with --limit", ("evaluate", "{dense}", "--suite", "zeroshot", "--full", "--limit", "5"),
+         "--full scores every item and --limit the first N"),
+    Case("evaluate: --full on a task that is not zero-shot", ("evaluate", "{dense}", "--full"),
+         "--full applies to the zero-shot tasks"),
 )
 
 

