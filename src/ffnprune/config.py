@@ -76,6 +76,12 @@ class TrainingConfig:
     eval_every: Steps = option(0, "evaluate at the current density every N steps (0: never)")
     eval_tokens: Count = option(8192, "tokens of the evaluation split used by periodic evaluation")
     checkpoint_every: Steps = option(0, "write a resumable checkpoint every N steps (0: never)")
+    train_data: str | None = option(
+        None, "train on general text instead of the task's split: text or JSONL files or folders of them, "
+              "comma-separated, each with an optional mixture weight (web.jsonl:0.7,books/:0.3), streamed and packed "
+              "into --context sequences; or 'generated': text the dense model samples itself (needs --train-tokens)")
+    train_tokens: Count | None = option(
+        None, "training budget in tokens (with --train-data): --steps follows from batch, accumulation and context")
     report_to: Literal["tensorboard", "wandb"] | None = option(
         None, "also log each step's record to tensorboard (OUT/runs, live in OUT.work/runs) or wandb, through "
               "accelerate's trackers (train_log.jsonl is always written)")
@@ -86,6 +92,8 @@ class DistillConfig:
     distill: bool = option(False, "distil from the dense model (loss = 0.5 CE + 0.5 T^2 KL)")
     teacher: str | None = option(None, "teacher model (default: the model before pruning)")
     temperature: Positive = option(2.0, "distillation temperature T > 0")
+    distill_loss: Literal["mixed", "kl"] = option(
+        "mixed", "mixed: 0.5 cross-entropy + 0.5 T^2 KL; kl: the KL to the teacher's logits only (as Minitron)")
     distill_reduction: Literal["token", "authors"] = option(
         "token", "KL averaged over the loss-carrying next-token positions (token), or as the authors' code: summed "
                  "over every position, padding included, and divided by the batch size (authors; about sequence-length "

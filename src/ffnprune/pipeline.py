@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import shlex
 import shutil
 import time
@@ -51,6 +52,15 @@ from ffnprune.schedules import CubicSchedule
 from ffnprune.tasks import data_record, get_task, task_data_path, task_examples
 from ffnprune.tasks.base import GenerationTask
 from ffnprune.training.checkpoint import resumable_checkpoint
+from ffnprune.training.data import (
+    GENERATED,
+    GENERATED_FILE,
+    PackedSequences,
+    Source,
+    generate_documents,
+    pack,
+    parse_sources,
+)
 from ffnprune.training.hooks import PenaltySettings
 from ffnprune.training.loop import CHECKPOINT, LOG, train
 
@@ -113,13 +123,48 @@ def check_config(config: PruneConfig) -> Method:
     if config.training.eval_every and config.training.eval_tokens < config.training.context:
         raise FfnpruneError(f"--eval-tokens {config.training.eval_tokens} is less than one sequence of --context "
                             f"{config.training.context}; give --eval-tokens of at least {config.training.context}")
-    if config.steps > 0:  # the data fine-pruning reads, found before any model loads or OUT.work exists
+    check_training_data(config)
+    if config.steps > 0 and config.training.train_data is None:  # found before any model loads or OUT.work exists
         task_data_path(config.task, config.data, config.train_split)
         if config.training.eval_every:
             task_data_path(config.task, config.data, config.eval_split)
     if config.evaluate:
         task_data_path(config.task, config.data, config.eval_split)
     return method
+
+
+def with_token_budget(config: PruneConfig) -> PruneConfig:
+    """--train-tokens sets --steps: the budget over the tokens of one step (batch x accumulation x processes x
+    context), rounded up."""
+    settings = config.training
+    if settings.train_tokens is None:
+        return config
+    if settings.train_data is None:
+        raise FfnpruneError("--train-tokens is the budget of --train-data; give --train-data (files, or "
+                            f"'{GENERATED}'), or --steps N to train on the task's split")
+    processes = PartialState().num_processes
+    per_step = settings.batch_size * settings.grad_accum * processes * settings.context
+    if settings.train_tokens < per_step:
+        raise FfnpruneError(f"--train-tokens {settings.train_tokens} is less than one step of {per_step} tokens "
+                            f"(--batch-size {settings.batch_size} x --grad-accum {settings.grad_accum} x --context "
+                            f"{settings.context}{f' x {processes} processes' if processes > 1 else ''}); give more "
+                            "tokens or smaller steps")
+    steps = math.ceil(settings.train_tokens / per_step)
+    if config.steps not in (0, steps):
+        raise FfnpruneError(f"--steps {config.steps} and --train-tokens {settings.train_tokens} both set how long "
+                            f"to train ({settings.train_tokens} tokens are {steps} steps); give one of them")
+    return dataclasses.replace(config, steps=steps)
+
+
+def check_training_data(config: PruneConfig) -> None:
+    settings = config.training
+    if settings.train_data == GENERATED and settings.train_tokens is None:
+        raise FfnpruneError(f"--train-data {GENERATED} needs --train-tokens N: how many tokens of text the dense "
+                            "model writes (and the student then trains on)")
+    if settings.train_data is not None and settings.train_data != GENERATED:
+        parse_sources(settings.train_data)
+    if config.distill.distill_loss == "kl" and not config.distill.distill:
+        raise FfnpruneError("--distill-loss kl trains on the teacher's logits alone: add --distill")
 
 
 def check_widths_and_space(config: PruneConfig, method: Method) -> None:
@@ -225,6 +270,7 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
 
 def prune(config: PruneConfig, resume: str | Path | None = None, say=say) -> Path:
     """Prune as configured; with `resume`, continue the fine-pruning or recovery run whose work directory it names."""
+    config = with_token_budget(config)
     method = check_config(config)
     out = _prune(config, method, resume, say)
     if config.push_to_hub and PartialState().is_main_process:
@@ -382,14 +428,14 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
     teacher = None
     if config.distill.distill:
         teacher = load_model(config.distill.teacher).model if config.distill.teacher else copy.deepcopy(loaded.model)
+    length = fit_context(loaded.model, config.training.context)
+    # Before the one-shot prune changes the model in place: `generated` text comes from the dense model.
+    train_examples, data_protocol = _training_data(config, loaded, teacher, workdir, length, state, say)
     initial_scores, one_shot_metadata = None, None
     if recovering:
         loaded, one_shot_metadata = _one_shot_before_recovery(loaded, config, method, workdir, resume, state, say)
     elif config.calibration.init_scores != "zeros":
         initial_scores = _calibrated_initial_scores(loaded, config, say)
-    length = fit_context(loaded.model, config.training.context)
-    train_examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length,
-                                   loss_on_prompt=config.loss_on_prompt, strict=config.strict)
     eval_examples = None
     if config.training.eval_every:  # the loss-carrying tokens of about --eval-tokens tokens of the split
         eval_examples = task_examples(config.task, loaded.tokenizer, config.data, config.eval_split, length,
@@ -401,9 +447,9 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
                     train_examples,
                     eval_examples, workdir, teacher=teacher, resume=resume is not None, say=say,
                     initial_scores=initial_scores)
-    protocol = {"task": config.task, **data_record(config.task, config.data, config.train_split),
-                "train_split": config.train_split, "eval_split": config.eval_split, "context": length,
-                "train_examples": len(train_examples)}
+    per_step = config.training.batch_size * config.training.grad_accum * outcome.processes
+    protocol = {**data_protocol, "eval_split": config.eval_split, "context": length,
+                "train_examples": len(train_examples), "tokens_seen": config.steps * per_step * length}
     training = {"final_loss": outcome.final_loss, "log": LOG, "resumed": read_resumes(workdir),
                 "mixed_precision": outcome.mixed_precision,
                 "kind": "recovery after one-shot pruning" if recovering else "fine-pruning",
@@ -421,6 +467,45 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
         shutil.rmtree(workdir, ignore_errors=True)
     state.wait_for_everyone()
     return out
+
+
+PACKED_TOKENS = "train_tokens.bin"
+PACKED_RECORD = "train_data.json"
+
+
+def _training_data(config: PruneConfig, loaded: LoadedModel, teacher, workdir: Path, length: int, state, say):
+    """The training sequences and what the protocol records of them: the task's split, or --train-data packed into
+    the work directory (once: a resumed run reads the same tokens, and never samples `generated` text again)."""
+    settings = config.training
+    if settings.train_data is None:
+        examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length,
+                                 loss_on_prompt=config.loss_on_prompt, strict=config.strict)
+        return examples, {"task": config.task, **data_record(config.task, config.data, config.train_split),
+                          "train_split": config.train_split}
+    packed, described = workdir / PACKED_TOKENS, workdir / PACKED_RECORD
+    if not described.is_file():
+        if state.is_main_process:
+            budget = config.steps * settings.batch_size * settings.grad_accum * state.num_processes * length
+            generated = None
+            if settings.train_data == GENERATED:
+                say(f"the dense model writes {settings.train_tokens:,} tokens of training text ...")
+                generated = generate_documents(teacher if teacher is not None else loaded.model, loaded.tokenizer,
+                                               settings.train_tokens, length, config.seed, workdir / GENERATED_FILE,
+                                               progress=_token_progress(say, "generated"))
+                sources = [Source(workdir / GENERATED_FILE, 1.0)]
+            else:
+                sources = parse_sources(settings.train_data)
+            record = pack(sources, loaded.tokenizer, budget, packed, config.seed)
+            write_json_atomic(described, {**record, **({"generated": generated} if generated else {})})
+            say(f"training data: {record['tokens']:,} tokens packed into {packed}")
+        state.wait_for_everyone()
+    return PackedSequences(packed, length), {"train_data": json.loads(described.read_text())}
+
+
+def _token_progress(say, what: str):
+    def progress(done: int, total: int) -> None:
+        say(f"{what}: {done:,} of {total:,} tokens")
+    return progress
 
 
 ONE_SHOT_DIR = "one-shot"

@@ -108,10 +108,16 @@ def _training(metadata: dict) -> list[tuple[str, object]]:
     if not training:
         return []
     data = f"{protocol.get('task')} {protocol.get('train_split')} ({protocol.get('file') or protocol.get('data')})"
+    if protocol.get("train_data"):
+        packed = protocol["train_data"]
+        data = ("text the dense model sampled itself" if packed.get("generated") else
+                ", ".join(f"{Path(s['path']).name} ({s['tokens']:,} tokens)" for s in packed["sources"]))
+        data += f"; {protocol.get('tokens_seen', 0):,} tokens seen"
     batch = options.get("batch_size", 0) * options.get("grad_accum", 1)
     return [("training", f"{training.get('kind')}, {metadata.get('steps')} steps"), ("training data", data),
             ("learning rate", options.get("lr")), ("context x batch", f"{protocol.get('context')} x {batch}"),
-            ("distillation", "from the dense model" if training.get("distilled") else "none")]
+            ("distillation", (f"from the dense model ({options.get('distill_loss', 'mixed')} loss)"
+                              if training.get("distilled") else "none"))]
 
 
 def header_summary(metadata: dict, widths: list[int]) -> dict[str, str]:

@@ -30,6 +30,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return temperature**2 * kl
 
 
-def combine(task_loss: torch.Tensor, distill: torch.Tensor | None) -> torch.Tensor:
-    """0.5 CE + 0.5 KD with a teacher, the plain task loss without."""
-    return task_loss if distill is None else CE_WEIGHT * task_loss + (1 - CE_WEIGHT) * distill
+def combine(task_loss: torch.Tensor, distill: torch.Tensor | None, mode: str = "mixed") -> torch.Tensor:
+    """0.5 CE + 0.5 KD with a teacher (`kl`: the KD term alone), the plain task loss without."""
+    if distill is None:
+        return task_loss
+    return distill if mode == "kl" else CE_WEIGHT * task_loss + (1 - CE_WEIGHT) * distill

@@ -28,6 +28,7 @@ from ffnprune.messages import logger, say
 from ffnprune.metrics.perplexity import causal_lm_loss, examples_perplexity
 from ffnprune.tasks.examples import Examples
 from ffnprune.training.checkpoint import load_checkpoint, resumable_checkpoint, rewind_before, save_checkpoint
+from ffnprune.training.data import PackedSequences
 from ffnprune.training.distill import combine, distillation_loss
 from ffnprune.training.hooks import FinePruner
 
@@ -95,7 +96,8 @@ class TrainingOutcome:
     mixed_precision: str  # what ran: --mixed-precision, else accelerate's configuration
 
 
-def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty, train_examples: Examples,
+def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, penalty,
+          train_examples: Examples | PackedSequences,
           eval_examples: Examples | None, workdir: Path, teacher: nn.Module | None = None,
           resume: bool = False, say=say, initial_scores: list[torch.Tensor] | None = None) -> TrainingOutcome:
     """Fine-prune `model` by `method` on the schedule; with `method` None, fine-tune it without pruning (the
@@ -162,7 +164,7 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
                     distill = distillation_loss(logits, teacher_logits, batch["labels"], config.distill.temperature,
                                                 config.distill.distill_reduction)
                 penalty_term = pruner.penalty()
-                loss = combine(task_loss, distill) + penalty_term
+                loss = combine(task_loss, distill, config.distill.distill_loss) + penalty_term
                 if not torch.isfinite(loss):
                     _stop_on_bad_loss(step, loss, checkpoint_dir, workdir, settings.lr)
                 accelerator.backward(loss / settings.grad_accum)
