@@ -55,6 +55,8 @@ def parse_sources(spec: str) -> list[Source]:
         files = source_files(source.path)
         if not any(file.stat().st_size for file in files):
             raise FfnpruneError(f"--train-data {source.path} is empty; give files with text in them")
+        for file in files:  # a JSONL's first record shows its form before any work
+            next(_documents(file), None)
     return sources
 
 
