@@ -33,6 +33,10 @@ ROWS = {
     "dense": (None, "SmolLM2-135M-Instruct, dense"),
     "obs-0.75": (["--keep", "0.75"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
     "obs-0.5": (["--keep", "0.5"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
+    "flap-0.75": (["--keep", "0.75", "--method", "flap", "--reconstruct", "bias", "--calibration-inputs", "dense"],
+                  "FLAP's published recipe: fluctuation metric, bias compensation, no refit, dense statistics"),
+    "wanda-sp-0.75": (["--keep", "0.75", "--method", "wanda-sp", "--reconstruct", "none", "--calibration-inputs",
+                       "dense"], "Wanda-sp's published recipe: no reconstruction, dense statistics"),
     "flap-0.5": (["--keep", "0.5", "--method", "flap", "--reconstruct", "bias", "--calibration-inputs", "dense"],
                  "FLAP's published recipe: fluctuation metric, bias compensation, no refit, dense statistics"),
     "wanda-sp-0.5": (["--keep", "0.5", "--method", "wanda-sp", "--reconstruct", "none", "--calibration-inputs",
@@ -41,6 +45,13 @@ ROWS = {
                           f"obs one-shot + recovery, KL to the dense model on {RECOVERY_TOKENS:,} tokens it wrote"),
     "obs-0.5-wikitext": (["--keep", "0.5", *RECOVERY, "--train-data", "WIKITEXT_VALIDATION"],
                          f"obs one-shot + recovery on {RECOVERY_TOKENS:,} WikiText validation tokens (mixed loss)"),
+    "gum-0.5-wikitext": (["--keep", "0.5", *RECOVERY, "--method", "gum", "--mu", "1", "--train-data",
+                          "WIKITEXT_VALIDATION"], f"GUM fine-pruning on the same {RECOVERY_TOKENS:,} WikiText tokens"),
+    # The same training without pruning: what the text alone does to the dense model (adaptation, not recovery).
+    "dense-wikitext": (["--keep", "1", "--method", "magnitude", *RECOVERY[:-1], "--train-data", "WIKITEXT_VALIDATION"],
+                       f"the dense model fine-tuned on the same {RECOVERY_TOKENS:,} WikiText tokens"),
+    "dense-generated": (["--keep", "1", "--method", "magnitude", *RECOVERY[:-1], "--train-data", "generated"],
+                        f"the dense model fine-tuned (cross-entropy) on {RECOVERY_TOKENS:,} tokens it wrote"),
 }
 
 
