@@ -141,7 +141,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     axis.set_xscale("log")
     axis.set_xlabel("WikiText-2 test perplexity (log)")
     axis.set_ylabel("zero-shot suite: average margin above chance")
-    axis.set_title("SmolLM2-135M: quality on text never trained on")
+    axis.set_title("SmolLM2-135M: zero-shot margin against WikiText perplexity")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
