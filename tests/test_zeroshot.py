@@ -101,3 +101,15 @@ def test_a_gold_answer_that_is_no_choice_stops_the_scoring():
         check_gold("boolq", [{"doc_id": 3, "target": "label", "arguments": ["no", "yes"]}], config)
     with pytest.raises(FfnpruneError, match="not one of its 2 choices"):
         check_gold("boolq", [{"doc_id": 0, "target": 2, "arguments": ["no", "yes"]}], config)
+
+
+def test_a_task_whose_data_is_absent_is_named(monkeypatch):
+    import dataclasses
+
+    import ffnprune.evaluation.zeroshot as zeroshot
+    from ffnprune.errors import FfnpruneError
+
+    moved = dataclasses.replace(zeroshot.TASKS["piqa"], data="hf_datasets/piqa/moved.arrow")
+    monkeypatch.setitem(zeroshot.TASKS, "piqa", moved)
+    with pytest.raises(FfnpruneError, match="zero-shot task piqa: its data .*moved.arrow is missing"):
+        zeroshot.check_tasks(["boolq", "piqa"])
