@@ -14,6 +14,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from helpers import stopped_after_first_checkpoint
 from tiny_models import tiny_model
 
 
@@ -245,22 +246,12 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
 
 def _interrupted_run(tmp: Path, dense: Path, data: Path) -> Path:
     """The work directory of a fine-pruning run stopped after its first checkpoint."""
-    import ffnprune.training.loop as loop
     from ffnprune.cli.main import main
 
-    original = loop.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        original(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    loop.save_checkpoint = save_then_stop
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            main(["prune", str(dense), "--method", "movement", "--steps", "4", "--checkpoint-every", "2",
-                  "--context", "32", "--batch-size", "2", "--data", str(data), "--out", str(tmp / "run")])
-    finally:
-        loop.save_checkpoint = original
+    with stopped_after_first_checkpoint(), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
+        main(["prune", str(dense), "--method", "movement", "--steps", "4", "--checkpoint-every", "2",
+              "--context", "32", "--batch-size", "2", "--data", str(data), "--out", str(tmp / "run")])
     return tmp / "run.work"
 
 

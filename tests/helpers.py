@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,3 +61,21 @@ def run_without_ffnprune(script: str, workdir: Path, timeout: int = 600) -> dict
     assert result.returncode == 0, result.stderr[-4000:]
     last = result.stdout.strip().splitlines()[-1]
     return json.loads(last[last.find("{"):])  # an input() prompt may precede the JSON object on its line
+
+
+@contextmanager
+def stopped_after_first_checkpoint():
+    """Within the block, a fine-pruning run writes its first checkpoint and is then interrupted (as by Ctrl-C)."""
+    import ffnprune.training.loop as loop
+
+    original = loop.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    loop.save_checkpoint = save_then_stop
+    try:
+        yield
+    finally:
+        loop.save_checkpoint = original

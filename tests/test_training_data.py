@@ -12,6 +12,7 @@ import torch
 
 from ffnprune.cli.main import main
 from ffnprune.training.data import PackedSequences, Source, generate_documents, pack
+from helpers import stopped_after_first_checkpoint
 
 TRAIN = ["--context", "32", "--batch-size", "2", "--lr", "1e-3"]
 
@@ -84,24 +85,14 @@ def test_recovery_on_streamed_files_trains_for_the_token_budget(tmp_path, tiny_m
 def test_a_killed_recovery_on_generated_text_resumes_to_the_same_log(tmp_path, tiny_model_dir, data_dir,
                                                                      monkeypatch):
     import ffnprune.pipeline as pipeline
-    import ffnprune.training.loop as loop
 
     dense = str(tiny_model_dir("llama"))
     common = ["--calibration-tokens", "512", "--calibration-context", "32", "--data", str(data_dir), "--train-data",
               "generated", "--train-tokens", "512", "--checkpoint-every", "4", *TRAIN]
     assert main(["prune", dense, *common, "--out", str(tmp_path / "whole")]) == 0
 
-    original = loop.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):
-        original(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    loop.save_checkpoint = save_then_stop
-    try:
+    with stopped_after_first_checkpoint():
         assert main(["prune", dense, *common, "--out", str(tmp_path / "killed")]) == 130
-    finally:
-        loop.save_checkpoint = original
     work = tmp_path / "killed.work"
     generated = (work / "generated.jsonl").read_bytes()
 

@@ -214,24 +214,20 @@ class ModelShape:
 def peek_model(spec: str) -> ModelShape | None:
     """MODEL's MLP widths and parameter count without loading its weights (None for a hub id: that needs the
     network, and the load itself reports what is wrong)."""
-    spec = str(spec)
-    location = smollm2_gguf_path() if spec.lower() == SMOLLM2_ALIAS else Path(spec).expanduser()
+    location = _local_location(spec)
     if not location.exists():
         return None
     if location.is_file():
         return _peek_gguf(location)
     if not (location / "config.json").is_file():
         return None
-    if is_pruned_directory(location):
-        from ffnprune.io.remote_modeling import FfnprunedConfig
-
-        config = FfnprunedConfig.from_pretrained(location)
+    try:
+        config = _directory_config(location)
+    except (OSError, ValueError, KeyError):
+        return None  # the load says what is wrong with it
+    if getattr(config, "ffnprune", None):
         widths = list(config.ffnprune["mlp_widths"])
     else:
-        try:
-            config = transformers.AutoConfig.from_pretrained(location)
-        except (OSError, ValueError):
-            return None  # the load says what is wrong with it
         with torch.device("meta"):
             widths = adapter_for(config).mlp_widths(transformers.AutoModelForCausalLM.from_config(config))
     from safetensors import safe_open
@@ -252,22 +248,30 @@ def peek_model(spec: str) -> ModelShape | None:
 def load_tokenizer(spec: str):
     """MODEL's tokenizer alone (seconds, where the weights take minutes), for the checks before any work; None where
     it cannot be had that way (a hub id: the load reports what is wrong)."""
-    spec = str(spec)
-    location = smollm2_gguf_path() if spec.lower() == SMOLLM2_ALIAS else Path(spec).expanduser()
+    location = _local_location(spec)
     try:
         if location.is_file():
             return transformers.PreTrainedTokenizerFast.from_pretrained(location.parent, gguf_file=location.name)
         if not (location / "config.json").is_file():
             return None
-        if is_pruned_directory(location):
-            from ffnprune.io.remote_modeling import FfnprunedConfig
-
-            config = FfnprunedConfig.from_pretrained(location)
-        else:
-            config = transformers.AutoConfig.from_pretrained(location)
-        return transformers.AutoTokenizer.from_pretrained(location, config=config)
+        return transformers.AutoTokenizer.from_pretrained(location, config=_directory_config(location))
     except Exception:  # a damaged or missing tokenizer: the load names the problem
         return None
+
+
+def _local_location(spec: str) -> Path:
+    """Where MODEL lies on this machine, if it does: the SmolLM2 alias's file, else the path as given."""
+    spec = str(spec)
+    return smollm2_gguf_path() if spec.lower() == SMOLLM2_ALIAS else Path(spec).expanduser()
+
+
+def _directory_config(location: Path):
+    """A model directory's config.json as its model reads it: ffnprune's per-layer widths, else the stock class."""
+    if is_pruned_directory(location):
+        from ffnprune.io.remote_modeling import FfnprunedConfig
+
+        return FfnprunedConfig.from_pretrained(location)
+    return transformers.AutoConfig.from_pretrained(location)
 
 
 def _count(shape) -> int:
