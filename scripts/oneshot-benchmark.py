@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.metadata
 import json
-import math
 import resource
 import time
 from pathlib import Path
 
 import torch
+from peers import TORCH_PRUNING_IMPORTANCES, torch_pruning_mlp, torch_pruning_version
 
 import ffnprune
 from ffnprune.benchmark.memory import PeakMemory
@@ -150,39 +149,17 @@ def grid_rows(bench: Bench) -> None:
 
 def torch_pruning_rows(bench: Bench) -> None:
     """Torch-Pruning's own dependency graph, importance and pruning, on the MLP channel groups only."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        print("torch-pruning is not installed (pip install torch-pruning==1.6.1); skipping its rows")
+    tp_version = torch_pruning_version()
+    if tp_version is None:
         return
-    tp_version = importlib.metadata.version("torch-pruning")  # its __version__ attribute says 1.6.0 in 1.6.1
     adapter = bench.loaded.adapter
     ids = bench.calibration.examples.input_ids
-    for importance_name in ("group-magnitude", "taylor"):
+    for importance_name in TORCH_PRUNING_IMPORTANCES:
         for keep in KEEPS:
             def work(importance_name=importance_name, keep=keep):
                 model = bench.fresh()
-                example = ids[:1, :64]
-                graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                                 output_transform=lambda out: out.logits)
-                if importance_name == "taylor":
-                    importance = tp.importance.GroupTaylorImportance()
-                    model.zero_grad()
-                    for start in range(0, 8, 2):  # 8 sequences of gradients
-                        model(ids[start:start + 2], labels=ids[start:start + 2]).loss.backward()
-                else:
-                    importance = tp.importance.GroupMagnitudeImportance(p=2)
-                for layer in adapter.decoder_layers(model):
-                    up = adapter.input_projections(layer)[-1]
-                    width = up.out_features
-                    group = graph.get_pruning_group(up, tp.prune_linear_out_channels, list(range(width)))
-                    scores = importance(group)
-                    drop = torch.argsort(scores)[: width - math.floor(keep * width + 1e-9)].tolist()
-                    graph.get_pruning_group(up, tp.prune_linear_out_channels, drop).prune()
-                model.zero_grad(set_to_none=True)
-                kept_widths = [adapter.input_projections(layer)[0].out_features
-                               for layer in adapter.decoder_layers(model)]
-                compact_mlps(model, adapter, [torch.arange(w) for w in kept_widths])  # only records the widths
+                widths = torch_pruning_mlp(model, adapter, ids, keep, importance_name)
+                compact_mlps(model, adapter, [torch.arange(w) for w in widths])  # only records the widths
                 return model
             bench.row(f"torch-pruning/{importance_name}/{keep}", work, kind=f"Torch-Pruning {tp_version}, "
                       "MLP channels only, no reconstruction", criterion=importance_name, reconstruct="none",

@@ -19,16 +19,20 @@ import time
 from pathlib import Path
 
 import ffnprune
+from ffnprune.calibration import calibration_data
 from ffnprune.config import EvaluateConfig, PruneConfig, build_config
 from ffnprune.evaluation.run import evaluate
 from ffnprune.evaluation.zeroshot import SUITES, headline
+from ffnprune.io.atomic import atomic_directory
+from ffnprune.models import load_model
 from ffnprune.pipeline import prune
 
 MODEL = "smollm2-135m"
 RECOVERY_TOKENS = 20_480  # 40 steps of 2 x 256 tokens: about a quarter of an hour on 2 cores, generation included
 RECOVERY = ["--train-tokens", str(RECOVERY_TOKENS), "--batch-size", "2", "--context", "256",
             "--lr", "2e-4", "--distill"]
-# name: the `ffnprune prune` options (None: the dense model itself), and what the row is.
+# name: the `ffnprune prune` options (None: the dense model itself; "torch-pruning": the peer's own code, keep from the
+# name), and what the row is.
 ROWS = {
     "dense": (None, "SmolLM2-135M-Instruct, dense"),
     "obs-0.75": (["--keep", "0.75"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
@@ -37,10 +41,14 @@ ROWS = {
                   "FLAP's published recipe: fluctuation metric, bias compensation, no refit, dense statistics"),
     "wanda-sp-0.75": (["--keep", "0.75", "--method", "wanda-sp", "--reconstruct", "none", "--calibration-inputs",
                        "dense"], "Wanda-sp's published recipe: no reconstruction, dense statistics"),
+    "taylor-0.75": ("torch-pruning", "Torch-Pruning 1.6.1's Taylor importance on the MLP channels (gradients of 8 "
+                                      "calibration sequences), no reconstruction"),
     "flap-0.5": (["--keep", "0.5", "--method", "flap", "--reconstruct", "bias", "--calibration-inputs", "dense"],
                  "FLAP's published recipe: fluctuation metric, bias compensation, no refit, dense statistics"),
     "wanda-sp-0.5": (["--keep", "0.5", "--method", "wanda-sp", "--reconstruct", "none", "--calibration-inputs",
                       "dense"], "Wanda-sp's published recipe: no reconstruction, dense statistics"),
+    "taylor-0.5": ("torch-pruning", "Torch-Pruning 1.6.1's Taylor importance on the MLP channels (gradients of 8 "
+                                     "calibration sequences), no reconstruction"),
     "obs-0.5-generated": (["--keep", "0.5", *RECOVERY, "--train-data", "generated", "--distill-loss", "kl"],
                           f"obs one-shot + recovery, KL to the dense model on {RECOVERY_TOKENS:,} tokens it wrote"),
     "obs-0.5-wikitext": (["--keep", "0.5", *RECOVERY, "--train-data", "WIKITEXT_VALIDATION"],
@@ -77,7 +85,9 @@ def run_row(name: str, data: str, models: Path) -> dict:
     options, what = ROWS[name]
     started, cpu = time.perf_counter(), cpu_seconds()
     model, pruning = MODEL, None
-    if options is not None:
+    if options == "torch-pruning":
+        model, pruning = str(models / name), _torch_pruning(float(name.rsplit("-", 1)[1]), data, models / name)
+    elif options is not None:
         target = models / name
         config = build_config(PruneConfig, {"model": MODEL, "out": str(target), "overwrite": True, "data": data,
                                             **_options(options, data)})
@@ -96,6 +106,22 @@ def run_row(name: str, data: str, models: Path) -> dict:
             "training_tokens": protocol.get("tokens_seen", 0), "mlp_widths": (pruning or {}).get("mlp_widths"),
             "parameters": (pruning or {}).get("parameters_after"), "wall_seconds": round(time.perf_counter() - started),
             "cpu_seconds": round(cpu_seconds() - cpu), "ffnprune_version": ffnprune.__version__}
+
+
+def _torch_pruning(keep: float, data: str, target: Path) -> dict:
+    """Torch-Pruning's Taylor pruning of SmolLM2 on ffnprune's default calibration text, saved as a stock checkpoint."""
+    from peers import torch_pruning_mlp, torch_pruning_version
+
+    if torch_pruning_version() is None:
+        raise SystemExit("the Torch-Pruning rows need it: pip install -e '.[benchmark]'")
+    loaded = load_model(MODEL)
+    calibration = calibration_data(loaded.tokenizer, tokens=32768, context=512, seed=0, data=data)
+    widths = torch_pruning_mlp(loaded.model, loaded.adapter, calibration.examples.input_ids, keep, "taylor")
+    loaded.model.config.intermediate_size = widths[0]  # every layer keeps the same count: a stock config
+    with atomic_directory(target, overwrite=True) as staging:
+        loaded.model.save_pretrained(staging)
+        loaded.tokenizer.save_pretrained(staging)
+    return {"mlp_widths": widths, "parameters_after": sum(p.numel() for p in loaded.model.parameters())}
 
 
 def report(out: Path) -> None:
