@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 from ffnprune.adapters import adapter_for
@@ -24,7 +25,7 @@ from ffnprune.pruning.oneshot import one_shot_spec, prune_layer, prune_one_shot
 from ffnprune.pruning.reconstruction import reconstruct
 from ffnprune.pruning.statistics import ActivationStatistics
 from helpers import run_without_ffnprune
-from tiny_models import tiny_model
+from tiny_models import tiny_config, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -102,8 +103,21 @@ def _batches(tokenizer, tmp_path, tokens=1024, context=32):
     return calibration_data(tokenizer, tokens=tokens, context=context, seed=0, file=_calibration_text(tmp_path))
 
 
-def test_layer_by_layer_statistics_equal_a_full_forward(gpt2_tokenizer, tmp_path):
-    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer))
+def _sliding_and_full_attention(vocab_size: int):
+    """A Qwen2 whose layers 0-1 attend to everything and layers 2-3 to the last 8 tokens (two masks)."""
+    config = tiny_config("qwen2", vocab_size=vocab_size)
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 8, 2
+    config.layer_types = ["full_attention"] * 2 + ["sliding_attention"] * 2
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "sliding and full attention"])
+def test_layer_by_layer_statistics_equal_a_full_forward(gpt2_tokenizer, tmp_path, kind):
+    """Every layer is called with the arguments the model gives it (its own kind's mask included), so its
+    statistics are those of a whole-model forward; the calibration sequences (32) exceed the sliding window (8)."""
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer)) if kind == "llama" else \
+        _sliding_and_full_attention(len(gpt2_tokenizer))
     adapter = adapter_for(model.config)
     batches = _batches(gpt2_tokenizer, tmp_path).batches(8)
     seen = []

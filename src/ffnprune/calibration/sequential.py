@@ -122,23 +122,38 @@ class SequentialCalibration:
         # of that layer (correcting the drift of the pruned layers before it), not only its own.
         self.dense_target = dense_target
 
-    def _first_layer_inputs(self) -> list[tuple[torch.Tensor, tuple, dict]]:
-        """(hidden states, other positional args, keyword args) with which the model calls its first layer."""
-        captured = []
+    def _layer_kinds(self) -> list:
+        """Each layer's attention kind: models that mix full and sliding-window layers (config.layer_types) give
+        each kind its own mask, so every layer must be called with the arguments of its kind."""
+        layers = len(self.adapter.decoder_layers(self.model))
+        kinds = getattr(self.model.config, "layer_types", None)
+        return list(kinds) if kinds and len(kinds) == layers else [None] * layers
 
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            rest = (args[1:], kwargs)
-            if captured and _same(captured[-1][1:], rest):  # equal-shaped batches share position embeddings etc.
-                rest = captured[-1][1:]
-            else:
-                rest = (_to(args[1:], self.device), _to(kwargs, self.device))
-            captured.append((hidden.detach().to(self.device), *rest))
-            raise _Captured
+    def _first_layer_inputs(self, kinds: list) -> list[tuple[torch.Tensor, dict]]:
+        """Per batch: the hidden states with which the model calls its first layer, and per attention kind the
+        other positional and keyword arguments with which it calls the first layer of that kind."""
+        first_of = {kind: kinds.index(kind) for kind in dict.fromkeys(kinds)}
+        last = max(first_of.values())
+        captured: list[tuple[torch.Tensor, dict]] = []
 
-        first = self.adapter.decoder_layers(self.model)[0]
+        def hook_for(kind, index):
+            def hook(module, args, kwargs):
+                if index == 0:
+                    hidden = args[0] if args else kwargs["hidden_states"]
+                    captured.append((hidden.detach().to(self.device), {}))
+                rest = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
+                previous = captured[-2][1][kind] if len(captured) > 1 else None
+                # equal-shaped batches share position embeddings and masks: keep one copy
+                captured[-1][1][kind] = previous if previous is not None and _same(previous, rest) \
+                    else (_to(rest[0], self.device), _to(rest[1], self.device))
+                if index == last:
+                    raise _Captured
+            return hook
+
+        layers = self.adapter.decoder_layers(self.model)
         home = next(self.model.parameters()).device
-        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [layers[index].register_forward_pre_hook(hook_for(kind, index), with_kwargs=True)
+                   for kind, index in first_of.items()]
         try:
             for batch in self.batches:
                 try:
@@ -146,7 +161,8 @@ class SequentialCalibration:
                 except _Captured:
                     pass
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return captured
 
     @torch.no_grad()
@@ -156,17 +172,19 @@ class SequentialCalibration:
         layer as the visitor left it."""
         was_training = self.model.training
         self.model.eval()
-        inputs = self._first_layer_inputs()
+        kinds = self._layer_kinds()
+        inputs = self._first_layer_inputs(kinds)
         layers = self.adapter.decoder_layers(self.model)
         statistics = ActivationStatistics(self.model, self.adapter, beta=None, training_only=False,
                                           dtype=torch.float64, sequence_means=self.sequence_means)
-        dense_hidden = [hidden for hidden, _, _ in inputs] if self.dense_target else None
+        dense_hidden = [hidden for hidden, _ in inputs] if self.dense_target else None
         try:
             for index, layer in enumerate(layers):
                 home = next(layer.parameters()).device
                 layer.to(self.device)
                 outputs, drift = [], None
-                for batch_index, ((hidden, args, kwargs), batch) in enumerate(zip(inputs, self.batches)):
+                for batch_index, ((hidden, rest), batch) in enumerate(zip(inputs, self.batches)):
+                    args, kwargs = rest[kinds[index]]
                     mask = batch["attention_mask"].to(self.device)
                     if dense_hidden is not None:
                         statistics.active = False
@@ -182,8 +200,9 @@ class SequentialCalibration:
                 layer_statistics.drift = drift
                 statistics.release(index)
                 if visit(index, layer, layer_statistics):  # the layer's projections were replaced: run it again
-                    outputs = [_hidden(layer(hidden, *args, **kwargs)) for hidden, args, kwargs in inputs]
-                inputs = [(output, args, kwargs) for output, (_, args, kwargs) in zip(outputs, inputs)]
+                    outputs = [_hidden(layer(hidden, *rest[kinds[index]][0], **rest[kinds[index]][1]))
+                               for hidden, rest in inputs]
+                inputs = [(output, rest) for output, (_, rest) in zip(outputs, inputs)]
                 layer.to(home)
                 progress(index + 1, len(layers))
         finally:
