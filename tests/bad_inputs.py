@@ -118,6 +118,8 @@ CASES = (
          "--tokenizer-from {tmp}/afile is not a .gguf file"),
     Case("GGUF export of an architecture llama.cpp's llama/deci cannot hold",
          ("export", "{tmp}/gpt2", "--format", "gguf", "--out", "{tmp}/m.gguf"), "not 'gpt2'"),
+    Case("GGUF export of a llama-type model whose MLP is not SiLU",
+         ("export", "{tmp}/gelu", "--format", "gguf", "--out", "{tmp}/m.gguf"), "hidden_act 'gelu_pytorch_tanh'"),
     # Round two: inputs that were accepted, lost files, or failed only after the model had loaded.
     Case("--overwrite on ffnprune's directory that now holds the user's files",
          ("prune", "{dense}", "--method", "magnitude", "--out", "{tmp}/annotated", "--overwrite"),
@@ -233,6 +235,10 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
             save_file(tensors, str(weights), metadata={"format": "pt"})
         else:
             weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    gelu = tmp / "gelu"
+    shutil.copytree(dense, gelu)
+    (gelu / "config.json").write_text(json.dumps({**json.loads((dense / "config.json").read_text()),
+                                                  "hidden_act": "gelu_pytorch_tanh"}))
     pruned = tmp / "pruned"
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         assert main(["prune", str(dense), "--method", "magnitude", "--out", str(pruned)]) == 0

@@ -113,6 +113,11 @@ def check_exportable(config) -> None:
             f"models, not {model_type!r}; for a {model_type} model with equal widths use `export --format uniform`"
             " and llama.cpp's convert_hf_to_gguf.py"
         )
+    activation = getattr(config, "hidden_act", "silu")
+    if activation != "silu":
+        raise FfnpruneError(f"GGUF export: this model's MLP uses hidden_act {activation!r}, and llama.cpp's llama/deci "
+                            "blocks always apply SiLU: it would run as a different model. Only SiLU-gated models "
+                            "export to GGUF")
     rope = _rope(config)
     if rope.get("rope_type", "default") != "default":
         raise FfnpruneError(f"GGUF export: rope scaling {rope.get('rope_type')!r} is not written yet; only models "
