@@ -354,3 +354,136 @@ def test_dense_target_drift_is_the_gap_to_the_dense_models_layer_output(gpt2_tok
     expected = activations.T @ (reference["out"] - pruned["out"]).flatten(0, 1).double()
     assert expected.abs().max() > 1e-3, "layer 0's pruning changed nothing: the test would prove nothing"
     assert torch.allclose(seen[1].drift, expected, rtol=1e-4, atol=1e-6)
+
+
+def _ridge(activations: torch.Tensor, target: torch.Tensor, kept: list[int], damp: float) -> torch.Tensor:
+    """The damped least-squares fit of `target` on [X_K, 1], solved directly: the neurons' diagonal gets damp x the
+    mean diagonal of X^T X (the intercept none). Returns [W'_K | b'] as [hidden, kept + 1]."""
+    design = torch.cat([activations[:, kept], torch.ones(activations.shape[0], 1, dtype=torch.float64)], dim=1)
+    ridge = torch.zeros(len(kept) + 1, dtype=torch.float64)
+    ridge[:-1] = damp * (activations.square().sum(dim=0)).mean()
+    return torch.linalg.solve(design.T @ design + torch.diag(ridge), design.T @ target).T
+
+
+def _correlated(seed: int, tokens: int = 300, width: int = 8) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(width, width, dtype=torch.float64, generator=generator)
+    return torch.randn(tokens, width, dtype=torch.float64, generator=generator) @ mixing + 0.3
+
+
+def test_lstsq_refit_and_its_dense_target_equal_a_direct_ridge_solve():
+    """The refit is the damped least squares of the layer's output (or, with a drift, of the dense model's output)
+    on the kept activations and an intercept; a large damping makes the damping's share visible."""
+    activations = _correlated(3)
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(5, 8, dtype=torch.float64, generator=generator)
+    bias = torch.randn(5, dtype=torch.float64, generator=generator)
+    kept, damp = [0, 2, 3, 5, 7], 0.5
+    own = activations @ weight.T + bias
+    refit = reconstruct(_statistics(activations), weight, bias, torch.tensor(kept), "lstsq", damp)
+    assert torch.allclose(torch.cat([refit.weight, refit.bias[:, None]], dim=1), _ridge(activations, own, kept, damp),
+                          atol=1e-8)
+    assert not torch.allclose(_ridge(activations, own, kept, damp), _ridge(activations, own, kept, 1e-9), atol=1e-3)
+    dense_output = own + torch.randn(own.shape, dtype=torch.float64, generator=generator)  # what the dense model gave
+    stats = _statistics(activations)
+    augmented = torch.cat([activations, torch.ones(activations.shape[0], 1, dtype=torch.float64)], dim=1)
+    stats.drift = augmented.T @ (dense_output - own)
+    refit = reconstruct(stats, weight, bias, torch.tensor(kept), "lstsq", damp)
+    assert torch.allclose(torch.cat([refit.weight, refit.bias[:, None]], dim=1),
+                          _ridge(activations, dense_output, kept, damp), atol=1e-8)
+
+
+def test_flap_bias_compensation_keeps_the_mean_output():
+    """FLAP's bias: the pruned neurons' mean contribution moves into the bias, so the mean output is unchanged."""
+    activations = _correlated(5)
+    generator = torch.Generator().manual_seed(6)
+    weight = torch.randn(5, 8, dtype=torch.float64, generator=generator)
+    bias = torch.randn(5, dtype=torch.float64, generator=generator)
+    kept = torch.tensor([1, 4, 6])
+    result = reconstruct(_statistics(activations), weight, bias, kept, "bias", 0.01)
+    compensated = activations[:, kept] @ result.weight.T + result.bias
+    assert torch.allclose(compensated.mean(dim=0), (activations @ weight.T + bias).mean(dim=0), atol=1e-9)
+    assert torch.equal(result.weight, weight[:, kept])
+
+
+def _greedy_by_brute_force(activations, weight, bias, count: int, damp: float) -> list[int]:
+    """Remove, one at a time, the neuron whose removal leaves the smallest cost (d - r) H (d - r)^T, r the best
+    [W' | b'] on the other survivors and the bias, H the damped Gram of [X, 1], each solved from scratch: the choice
+    greedy OBS makes with its rank-one updates."""
+    width = activations.shape[1]
+    augmented = torch.cat([activations, torch.ones(activations.shape[0], 1, dtype=torch.float64)], dim=1)
+    hessian = augmented.T @ augmented
+    hessian.diagonal()[:width] += damp * hessian.diagonal()[:width].mean()
+    dense = torch.cat([weight, bias[:, None]], dim=1)
+    alive = list(range(width))
+
+    def cost(removed):
+        columns = [c for c in alive if c != removed] + [width]
+        refit = torch.zeros_like(dense)
+        refit[:, columns] = dense @ hessian[:, columns] @ torch.linalg.inv(hessian[columns][:, columns])
+        return float((((dense - refit) @ hessian) * (dense - refit)).sum())
+
+    while len(alive) > count:
+        alive.remove(min(alive, key=cost))
+    return alive
+
+
+@pytest.mark.parametrize("damp", [0.01, 0.3])
+def test_greedy_obs_removes_what_a_brute_force_greedy_removes(damp):
+    """Half of the neurons removed one by one: every step after the first is priced on the updated weights and
+    inverse Hessian, and with the damping of the refit (one neuron nearly duplicates another)."""
+    for trial in range(4):
+        activations = _correlated(10 + trial)
+        activations[:, 5] = activations[:, 2] + 0.05 * activations[:, 6]
+        generator = torch.Generator().manual_seed(20 + trial)
+        weight = torch.randn(6, 8, dtype=torch.float64, generator=generator)
+        bias = torch.randn(6, dtype=torch.float64, generator=generator)
+        kept = obs_select(_statistics(activations), weight, bias, 4, damp).tolist()
+        assert kept == _greedy_by_brute_force(activations, weight, bias, 4, damp), (trial, damp)
+
+
+def test_activation_and_obs_scores_follow_their_formulas():
+    activations = _correlated(7, tokens=64, width=4)
+    generator = torch.Generator().manual_seed(8)
+    weight = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    stats = _statistics(activations)
+    sequences = activations.reshape(8, 8, 4)  # 8 sequences of 8 tokens
+    stats.sequence_means = sequences.abs().mean(dim=1).square().sum(dim=0)
+    from ffnprune.criteria import CALIBRATED
+
+    activation = CALIBRATED["activation"].scores(stats, weight, None, 0.01)
+    assert torch.allclose(activation, sequences.abs().mean(dim=1).square().sum(dim=0).sqrt())
+    damp = 0.5
+    augmented = torch.cat([activations, torch.ones(64, 1, dtype=torch.float64)], dim=1)
+    hessian = augmented.T @ augmented
+    hessian.diagonal()[:4] += damp * activations.square().sum(dim=0).mean()
+    expected = weight.square().sum(dim=0) / torch.linalg.inv(hessian).diagonal()[:4]
+    assert torch.allclose(CALIBRATED["obs"].scores(stats, weight, None, damp), expected)
+
+
+def test_initial_scores_decide_what_a_learned_method_keeps(capsys, tiny_model_dir, tmp_path):
+    """--init-scores activation with learning rates too small to move anything: movement keeps, in every layer,
+    the neurons the one-shot activation criterion keeps on the same calibration text."""
+    dense, text = tiny_model_dir("llama"), _calibration_text(tmp_path)
+    calibration = ("--calibration-data", text, "--calibration-context", "32", "--calibration-tokens", "1024")
+    code, _, err = _run(capsys, "prune", dense, "--method", "movement", "--init-scores", "activation", "--keep", "0.5",
+                        "--steps", "3", "--lr", "1e-12", "--score-lr", "1e-12", "--context", "32", "--batch-size",
+                        "2", "--out", tmp_path / "learned", *calibration)
+    assert code == 0, err
+    code, _, err = _run(capsys, "prune", dense, "--method", "activation", "--reconstruct", "none", "--keep", "0.5",
+                        "--calibration-inputs", "dense", "--out", tmp_path / "one-shot", *calibration)
+    assert code == 0, err
+    assert read_metadata(tmp_path / "learned")["kept_neurons"] == read_metadata(tmp_path / "one-shot")["kept_neurons"]
+
+
+def test_recovery_distils_from_the_dense_model(capsys, tiny_model_dir, tmp_path):
+    """The teacher is the model before pruning: at the first step the student (pruned to half) differs from it."""
+    out = tmp_path / "recovered"
+    code, _, err = _run(capsys, "prune", tiny_model_dir("llama"), "--method", "obs", "--keep", "0.5", "--steps", "2",
+                        "--distill", "--out", out, "--context", "32", "--batch-size", "2", "--calibration-data",
+                        _calibration_text(tmp_path), "--calibration-context", "32", "--calibration-tokens", "1024")
+    assert code == 0, err
+    first = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
+    # A tiny random model's logits are nearly flat, so the KL is small (3.6e-5 here); from a teacher equal to the
+    # student it would be exactly 0
+    assert first["distill_loss"] > 1e-7, first["distill_loss"]

@@ -1,0 +1,103 @@
+"""Break the one-shot and recovery numerics on purpose, one mutation at a time, and check that a test fails.
+
+Each mutation replaces one piece of source text in a copy of src/ and tests/ (the working tree is never touched) and
+runs the named tests there; a mutation that every test survives is a hole in the tests. Writes a Markdown table.
+
+    python scripts/mutation-check.py [--only NAME,...] [--out results/mutations.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ONESHOT = "tests/test_oneshot.py"
+CALIBRATED = "src/ffnprune/criteria/calibrated.py"
+RECONSTRUCTION = "src/ffnprune/pruning/reconstruction.py"
+# name: (file, text, replacement, tests to run)
+MUTATIONS = {
+    "obs greedy update of the weights removed": (
+        CALIBRATED, "            columns.addr_(columns[:, j].clone(), row, alpha=-1)\n", "", ONESHOT),
+    "obs greedy update of the inverse Hessian removed": (
+        CALIBRATED, "            inverse_hessian.addr_(inverse_hessian[:, j].clone(), row, alpha=-1)\n", "", ONESHOT),
+    "dense-target drift sign flipped where it is folded": (
+        "src/ffnprune/calibration/sequential.py", "dense_hidden[batch_index] - outputs[-1]",
+        "outputs[-1] - dense_hidden[batch_index]", ONESHOT),
+    "dense-target drift sign flipped where it enters the refit": (
+        CALIBRATED, "own_cross + stats.drift.T.to(own_cross)", "own_cross - stats.drift.T.to(own_cross)", ONESHOT),
+    "FLAP bias compensation sign flipped": (
+        RECONSTRUCTION, "new_bias = dense[:, width] + dense", "new_bias = dense[:, width] - dense", ONESHOT),
+    "damping removed from OBS selection": (
+        CALIBRATED, "    inverse_hessian = inverse(damped(gram := stats.augmented(), damping(gram, damp)))\n    # The",
+        "    inverse_hessian = inverse(gram := stats.augmented())\n    # The", ONESHOT),
+    "damping removed from OBS scores": (
+        CALIBRATED, "    inverse_hessian = inverse(damped(gram := stats.augmented(), damping(gram, damp)))\n    return",
+        "    inverse_hessian = inverse(gram := stats.augmented())\n    return", ONESHOT),
+    "damping removed from the least-squares refit": (
+        RECONSTRUCTION, "system = damped(gram[columns][:, columns], damping(gram, damp))",
+        "system = gram[columns][:, columns]", ONESHOT),
+    "activation scores inverted": (
+        CALIBRATED, "return stats.sequence_means.sqrt()", "return -stats.sequence_means.sqrt()", ONESHOT),
+    "OBS scores inverted": (
+        CALIBRATED, "return weight.square().sum(dim=0) / inverse_hessian", "return -weight.square().sum(dim=0) / "
+        "inverse_hessian", ONESHOT),
+    "--init-scores ignored": (
+        "src/ffnprune/pipeline.py", "initial_scores = _calibrated_initial_scores(loaded, config, say)",
+        "initial_scores = None", ONESHOT),
+    "recovery distils from the pruned model": (
+        "src/ffnprune/pipeline.py", "eval_examples, workdir, teacher=teacher,",
+        "eval_examples, workdir, teacher=teacher and copy.deepcopy(loaded.model),", ONESHOT),
+}
+
+
+def run(name: str, python: str) -> tuple[str, float]:
+    path, text, replacement, tests = MUTATIONS[name]
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        for part in ("src", "tests", "pyproject.toml"):
+            source = ROOT / part
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, work / part)
+        target = work / path
+        original = target.read_text()
+        if original.count(text) != 1:
+            return f"not applied: the text occurs {original.count(text)} times", 0.0
+        target.write_text(original.replace(text, replacement))
+        data = os.environ.get("FFNPRUNE_DATA") or str(ROOT.parent / "shared" / "data")
+        environment = {**os.environ, "PYTHONPATH": str(work / "src"), "FFNPRUNE_DATA": data}
+        started = time.perf_counter()
+        result = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.split()],
+                                cwd=work, env=environment, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode == 1:
+            failed = [line.split(" ")[1] for line in result.stdout.splitlines() if line.startswith("FAILED")]
+            return f"killed by {', '.join(failed) or 'a failing test'}", seconds
+        return ("survived" if result.returncode == 0 else f"pytest exit {result.returncode}"), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated mutation names (default: all)")
+    parser.add_argument("--out", default="results/mutations.md")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(MUTATIONS)
+    lines = ["| mutation | file | result | seconds |", "|---|---|---|---|"]
+    survived = 0
+    for name in names:
+        outcome, seconds = run(name, sys.executable)
+        survived += not outcome.startswith("killed")
+        print(f"{name}: {outcome} ({seconds:.0f} s)", flush=True)
+        lines.append(f"| {name} | {MUTATIONS[name][0]} | {outcome} | {seconds:.0f} |")
+    Path(args.out).write_text("Mutations of the one-shot and recovery numerics (`python scripts/mutation-check.py`)"
+                              ": each must fail a test.\n\n" + "\n".join(lines) + "\n")
+    sys.exit(1 if survived else 0)
+
+
+if __name__ == "__main__":
+    main()
