@@ -126,6 +126,19 @@ CASES = (
          "--tokenizer-from {tmp}/afile is not a .gguf file"),
     Case("GGUF export of an architecture llama.cpp's llama/deci cannot hold",
          ("export", "{tmp}/gpt2", "--format", "gguf", "--out", "{tmp}/m.gguf"), "not 'gpt2'"),
+    Case("--stream from a checkpoint with a missing shard", ("prune", "{tmp}/sharded-missing", "--stream", "--out",
+                                                           "{tmp}/out"), "is missing"),
+    Case("--stream from a truncated safetensors shard", ("prune", "{tmp}/sharded-truncated", "--stream", "--out",
+                                                        "{tmp}/out"), "is truncated"),
+    Case("--stream from a GGUF file or model alias", ("prune", "smollm2-135m", "--stream", "--out", "{tmp}/out"),
+         "--stream reads a local model directory with safetensors weights"),
+    Case("--stream with fine-pruning steps", ("prune", "{dense}", "--stream", "--steps", "10", "--out", "{tmp}/out"),
+         "--stream is for one-shot pruning"),
+    Case("--stream with a criterion that scores weights up front", ("prune", "{dense}", "--stream", "--method",
+                                                                    "magnitude", "--out", "{tmp}/out"),
+         "use a calibrated criterion"),
+    Case("--stream with --evaluate", ("prune", "{dense}", "--stream", "--evaluate", "--out", "{tmp}/out"),
+         "which --stream avoids holding"),
     Case("GGUF export of a llama-type model whose MLP is not SiLU",
          ("export", "{tmp}/gelu", "--format", "gguf", "--out", "{tmp}/m.gguf"), "hidden_act 'gelu_pytorch_tanh'"),
     # Round two: inputs that were accepted, lost files, or failed only after the model had loaded.
@@ -243,6 +256,13 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
             save_file(tensors, str(weights), metadata={"format": "pt"})
         else:
             weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for name in ("sharded-missing", "sharded-truncated"):
+        tiny_model("llama", vocab_size=_vocab_size(dense)).save_pretrained(tmp / name, max_shard_size="40KB")
+        shard = sorted((tmp / name).glob("model-*.safetensors"))[1]
+        if name == "sharded-missing":
+            shard.unlink()
+        else:
+            shard.write_bytes(shard.read_bytes()[:-100])
     gelu = tmp / "gelu"
     shutil.copytree(dense, gelu)
     (gelu / "config.json").write_text(json.dumps({**json.loads((dense / "config.json").read_text()),

@@ -129,6 +129,9 @@ class CalibrationConfig:
               "layers dense")
     init_scores: str = option("zeros", "learned methods start from zeros or from a calibrated criterion's "
                                        "standardised scores on the dense model (activation, wanda-sp, flap, obs)")
+    stream: bool = option(False, "one-shot from a local safetensors checkpoint one decoder layer at a time: "
+                                 "memory for the embeddings, one layer and the calibration's hidden states, "
+                                 "whatever the depth")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ffnprune.evaluation.run import evaluate_model
 from ffnprune.io.atomic import check_not_inside, check_output_dir, write_json_atomic
 from ffnprune.io.hub import check_push, push_directory
 from ffnprune.io.pruned_dir import read_metadata, save_pruned
+from ffnprune.io.streamed import LayerStream, check_streamable
 from ffnprune.messages import say
 from ffnprune.models import (
     LoadedModel,
@@ -246,6 +247,8 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
         raise FfnpruneError(f"--init-scores starts learned scores (movement, global-movement, gum, ...); method "
                             f"{method.name} learns none")
     parse_layer_keep(settings.layer_keep)
+    if settings.stream:
+        check_stream_options(config, method)
     if not one_shot(method, config.steps):
         for name, value, default in (("reconstruct", settings.reconstruct, None), ("selection", settings.selection,
                                      "uniform"), ("layer-keep", settings.layer_keep, None)):
@@ -269,6 +272,23 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
                                 f"calibrated method ({', '.join(CALIBRATED)}) or --reconstruct lstsq, or drop them")
 
 
+def check_stream_options(config: PruneConfig, method: Method) -> None:
+    """--stream holds one layer at a time: what needs the whole model at once is refused, with the alternative."""
+    if config.steps:
+        raise FfnpruneError("--stream is for one-shot pruning (--steps 0); fine-pruning and recovery train the whole "
+                            "model: stream the one-shot prune, then recover the pruned model with --steps")
+    if not method.calibrated:
+        raise FfnpruneError(f"--stream calibrates layer by layer; method {method.name} scores every layer's weights "
+                            f"up front: use a calibrated criterion ({', '.join(CALIBRATED)})")
+    if config.calibration.selection == "global":
+        raise FfnpruneError("--selection global ranks every layer's scores before pruning any, a second pass over the "
+                            "model: with --stream use uniform widths or --layer-keep")
+    if config.evaluate:
+        raise FfnpruneError("--evaluate scores the whole pruned model in memory, which --stream avoids holding; "
+                            "evaluate OUT afterwards with `ffnprune evaluate OUT` where it fits")
+    check_streamable(config.model)
+
+
 def prune(config: PruneConfig, resume: str | Path | None = None, say=say) -> Path:
     """Prune as configured; with `resume`, continue the fine-pruning or recovery run whose work directory it names."""
     config = with_token_budget(config)
@@ -286,10 +306,32 @@ def _prune(config: PruneConfig, method: Method, resume, say) -> Path:
             raise FfnpruneError("--resume continues a fine-pruning run; one-shot pruning (--steps 0) has nothing to "
                                 "resume")
         check_output_dir(config.out, config.overwrite)
+        if config.calibration.stream:
+            return prune_streamed(config, method, say)
         say(f"loading {config.model} ...")
         loaded = load_model(config.model)
         return evaluate_and_save(loaded, config, prune_once(loaded, config, method, say), say)
     return fine_prune(config, method, Path(resume) if resume else None, say)
+
+
+def prune_streamed(config: PruneConfig, method: Method, say=say) -> Path:
+    """One-shot pruning that reads each layer from the checkpoint when calibration reaches it and writes it to
+    OUT.work once pruned (io.streamed); the shards move into OUT when all are done."""
+    location = check_streamable(config.model)
+    workdir = work_dir(config.out)
+    shutil.rmtree(workdir, ignore_errors=True)
+    say(f"reading {config.model} layer by layer (--stream); pruned layers wait in {workdir}")
+    try:
+        stream = LayerStream(location, workdir / "shards", torch.float32)
+        loaded = LoadedModel(stream.model, load_tokenizer(config.model), stream.adapter, config.model, str(location),
+                             stored_dtype(location))
+        dtype = saved_dtype(loaded, config)
+        stream.dtype = getattr(torch, dtype)
+        metadata = {**prune_once(loaded, config, method, say, stream), "saved_dtype": dtype, "streamed": True}
+        return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite,
+                           stream=stream)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def saved_dtype(loaded: LoadedModel, config: PruneConfig) -> str:
@@ -355,7 +397,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
 
 
-def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say) -> dict:
+def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say, stream=None) -> dict:
     """One-shot: calibrate if the criterion or reconstruction needs it, select, reconstruct, compact in place;
     returns the metadata."""
     settings = config.calibration
@@ -370,7 +412,7 @@ def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say
     started = time.perf_counter()
     with PeakMemory(device) as peak:
         result = prune_one_shot(loaded.model, loaded.adapter, method, config.keep, settings, calibration, device,
-                                config.seed, config.round_to, _layer_progress(say, "one-shot pruning"))
+                                config.seed, config.round_to, _layer_progress(say, "one-shot pruning"), stream)
     seconds = time.perf_counter() - started
     say(f"one-shot pruning took {seconds:.0f} s" + (f", peak memory {peak.bytes / 2**30:.2f} GiB" if peak.bytes
                                                       else ""))

@@ -115,8 +115,11 @@ class SequentialCalibration:
     """Feeds calibration batches through a model's decoder layers one at a time, on `device`."""
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, batches: list[dict[str, torch.Tensor]],
-                 device: torch.device, sequence_means: bool = False, dense_target: bool = False):
+                 device: torch.device, sequence_means: bool = False, dense_target: bool = False, stream=None):
         self.model, self.adapter, self.batches, self.device = model, adapter, batches, torch.device(device)
+        # With a stream (io.streamed.LayerStream), each layer is read from the checkpoint when its turn comes and
+        # written out and freed after it: the model in memory is the embeddings and one layer.
+        self.stream = stream
         self.sequence_means = sequence_means
         # Also carry the dense model's hidden states, so that a layer can be refit towards the dense model's output
         # of that layer (correcting the drift of the pruned layers before it), not only its own.
@@ -154,6 +157,10 @@ class SequentialCalibration:
         home = next(self.model.parameters()).device
         handles = [layers[index].register_forward_pre_hook(hook_for(kind, index), with_kwargs=True)
                    for kind, index in first_of.items()]
+        # Only the arguments matter on the way to the last kind's first layer: the layers before it pass their
+        # input through (they may not even be loaded yet)
+        for layer in layers[:last]:
+            layer.forward = lambda hidden_states, *args, **kwargs: hidden_states
         try:
             for batch in self.batches:
                 try:
@@ -163,6 +170,8 @@ class SequentialCalibration:
         finally:
             for handle in handles:
                 handle.remove()
+            for layer in layers[:last]:
+                del layer.forward
         return captured
 
     @torch.no_grad()
@@ -180,6 +189,8 @@ class SequentialCalibration:
         dense_hidden = [hidden for hidden, _ in inputs] if self.dense_target else None
         try:
             for index, layer in enumerate(layers):
+                if self.stream is not None:
+                    self.stream.load(index, layer)
                 home = next(layer.parameters()).device
                 layer.to(self.device)
                 outputs, drift = [], None
@@ -204,6 +215,8 @@ class SequentialCalibration:
                                for hidden, rest in inputs]
                 inputs = [(output, rest) for output, (_, rest) in zip(outputs, inputs)]
                 layer.to(home)
+                if self.stream is not None:
+                    self.stream.store(index, layer)
                 progress(index + 1, len(layers))
         finally:
             statistics.detach()

@@ -25,14 +25,18 @@ METADATA_FILE = "pruning.json"
 CARD_FILE = "README.md"
 
 
-def _save_plain(model: nn.Module, tokenizer, directory: Path) -> None:
-    model.save_pretrained(directory)
+def _save_plain(model: nn.Module, tokenizer, directory: Path, stream=None) -> None:
+    """save_pretrained; a streamed model's layers were written already (io.streamed): only the rest is saved here,
+    then the layer shards join it."""
+    model.save_pretrained(directory, state_dict=None if stream is None else stream.outside_layers())
+    if stream is not None:
+        stream.finish(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
 
 def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: dict, overwrite: bool = False,
-                extra_files: dict[str, Path] | None = None, dtype: str | None = None) -> Path:
+                extra_files: dict[str, Path] | None = None, dtype: str | None = None, stream=None) -> Path:
     """Save a compacted model (see compaction.compact_mlps) atomically, with `extra_files` (name -> source file or
     directory) copied beside it; returns the directory. `dtype` (float32, bfloat16, float16; default: the model's
     own) is what the weights are stored in, as `ffnprune prune --dtype` (whose default for a GGUF source is
@@ -44,14 +48,14 @@ def save_pruned(model: nn.Module, tokenizer, out: str | os.PathLike, metadata: d
     try:
         if dtype is not None:
             model.to(getattr(torch, dtype))
-        return _save_pruned(model, tokenizer, out, metadata, overwrite, extra_files, spec)
+        return _save_pruned(model, tokenizer, out, metadata, overwrite, extra_files, spec, stream)
     finally:
         model.to(computed)
 
 
-def _save_pruned(model, tokenizer, out, metadata, overwrite, extra_files, spec) -> Path:
+def _save_pruned(model, tokenizer, out, metadata, overwrite, extra_files, spec, stream=None) -> Path:
     with atomic_directory(out, overwrite) as staging:
-        _save_plain(model, tokenizer, staging)  # the pruned class writes its modelling file and auto_map
+        _save_plain(model, tokenizer, staging, stream)  # the pruned class writes its modelling file and auto_map
         write_json_atomic(staging / METADATA_FILE, {**metadata, "mlp_widths": spec["mlp_widths"]})
         (staging / CARD_FILE).write_text(model_card(metadata, spec["mlp_widths"], Path(out).name))
         stamp_safetensors(staging, header_summary(metadata, spec["mlp_widths"]))

@@ -122,10 +122,10 @@ def _fixed_scores(model: nn.Module, adapter: MlpAdapter, method: Method, seed: i
 
 
 def _calibration_pass(model: nn.Module, adapter: MlpAdapter, method: Method, calibration: CalibrationData,
-                      settings: CalibrationConfig, device: torch.device, dense_target: bool = False):
+                      settings: CalibrationConfig, device: torch.device, dense_target: bool = False, stream=None):
     needs_means = method.calibrated and CALIBRATED[method.scores].needs_sequence_means
     return SequentialCalibration(model, adapter, calibration.batches(settings.calibration_batch_size), device,
-                                 needs_means, dense_target)
+                                 needs_means, dense_target, stream)
 
 
 def dense_scores(model: nn.Module, adapter: MlpAdapter, method: Method, calibration: CalibrationData,
@@ -158,8 +158,9 @@ class OneShotResult:
 
 def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: float, settings: CalibrationConfig,
                    calibration: CalibrationData | None, device: torch.device, seed: int = 0, round_to: int = 1,
-                   progress=None) -> OneShotResult:
-    """Select, reconstruct and compact every layer in place (see the module docstring)."""
+                   progress=None, stream=None) -> OneShotResult:
+    """Select, reconstruct and compact every layer in place (see the module docstring); with a `stream`
+    (io.streamed.LayerStream) each layer is read before and written out after its turn."""
     widths = adapter.mlp_widths(model)
     layer_keep = parse_layer_keep(settings.layer_keep, len(widths))
     mode = reconstruction_mode(method, settings)
@@ -189,8 +190,8 @@ def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: 
         return records[-1]["kept"] < widths[index] and settings.calibration_inputs == "pruned"
 
     dense_target = settings.calibration_target == "dense" and settings.calibration_inputs == "pruned"
-    _calibration_pass(model, adapter, method, calibration, settings, device, dense_target).run(visit,
-                                                                                               progress or _quiet)
+    _calibration_pass(model, adapter, method, calibration, settings, device, dense_target, stream).run(
+        visit, progress or _quiet)
     finish_compaction(model, adapter, spec)
     return OneShotResult([torch.tensor(r.pop("indices")) for r in records], records)
 

@@ -1,0 +1,171 @@
+"""A checkpoint read, and the pruned model written, one decoder layer at a time (streamed one-shot pruning).
+
+The model is built without weights (accelerate's init_empty_weights: parameters on the meta device, buffers real);
+the tensors outside the decoder layers (embeddings, final norm, head) are read at once, and each layer's tensors
+are read from the safetensors files when calibration reaches it and written to their own shard once it is pruned,
+after which the layer goes back to the meta device. Every tensor of the checkpoint must land in a parameter of the
+model and every parameter must be read from the checkpoint, as for every other load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ffnprune.adapters import MlpAdapter, adapter_for
+from ffnprune.errors import FfnpruneError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def checkpoint_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the index or the single file; every file present and whole (its
+    header parses and its size covers every tensor the header lists), checked before any work."""
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as error:
+            raise FfnpruneError(f"{index} is not a safetensors index (no weight_map: {error}); restore it") from None
+        files = {name: directory / file for name, file in weight_map.items()}
+    elif (directory / SINGLE_FILE).is_file():
+        files = {name: directory / SINGLE_FILE for name in _header(directory / SINGLE_FILE)}
+    else:
+        raise FfnpruneError(f"--stream reads safetensors checkpoints: {directory} has neither {SINGLE_FILE} nor "
+                            f"{INDEX_FILE}; convert it with save_pretrained(DIR, safe_serialization=True)")
+    headers = {}
+    for path in sorted(set(files.values())):
+        if not path.is_file():
+            shards = sorted(name for name, file in files.items() if file == path)
+            raise FfnpruneError(f"shard {path.name} of {directory} is missing ({len(shards)} tensors, e.g. "
+                                f"{shards[0]}); download or copy it again")
+        headers[path] = _header(path)
+    for name, path in files.items():
+        if name not in headers[path]:
+            raise FfnpruneError(f"{INDEX_FILE} places {name} in {path.name}, which does not hold it; the checkpoint "
+                                "is inconsistent: download or copy it again")
+    return files
+
+
+def _header(path: Path) -> dict:
+    """The tensors of a safetensors file, after checking that the file holds all their bytes."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= size - 8:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as error:
+        raise FfnpruneError(f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupt: "
+                            "download or copy it again") from None
+    header.pop("__metadata__", None)
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if 8 + length + end > size:
+        raise FfnpruneError(f"{path} is truncated: its header lists {8 + length + end:,} bytes of tensors and the "
+                            f"file has {size:,}; download or copy it again")
+    return header
+
+
+def check_streamable(location: str) -> Path:
+    """The local model directory --stream reads (a GGUF file or a hub id is loaded whole)."""
+    path = Path(location).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise FfnpruneError(f"--stream reads a local model directory with safetensors weights; {location} is not "
+                            "one (for a hub model, download it first: huggingface-cli download ID --local-dir DIR)")
+    checkpoint_files(path)
+    return path
+
+
+class LayerStream:
+    """Reads each decoder layer from the checkpoint when calibration reaches it, and writes it out once pruned."""
+
+    def __init__(self, directory: Path, shards: Path, dtype: torch.dtype):
+        self.directory, self.shards, self.dtype = directory, shards, dtype
+        self.files = checkpoint_files(directory)
+        config = transformers.AutoConfig.from_pretrained(directory)
+        self.adapter: MlpAdapter = adapter_for(config)
+        with init_empty_weights(include_buffers=False):
+            # float32 (the compute dtype), whatever config.dtype says the checkpoint stores
+            self.model: nn.Module = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        self.model.eval()
+        expected = dict(self.model.named_parameters())  # tied aliases (lm_head = embeddings) once
+        aliases = set(self.model.state_dict()) - set(expected)
+        unexpected = sorted(set(self.files) - set(expected) - aliases)
+        missing = sorted(set(expected) - set(self.files))
+        if unexpected or missing:
+            raise FfnpruneError(f"{directory}'s tensors do not match its config ({len(missing)} missing, e.g. "
+                                f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}); the checkpoint "
+                                "is incomplete, or its names need transformers' conversions: prune it without "
+                                "--stream")
+        self.prefixes = [f"{self.adapter.layers}.{index}." for index in range(len(self.layers))]
+        self.written: dict[str, str] = {}  # tensor name -> shard file
+        self._read(name for name in expected if not name.startswith(f"{self.adapter.layers}."))
+        self.model.tie_weights()
+
+    @property
+    def layers(self):
+        return self.adapter.decoder_layers(self.model)
+
+    def _read(self, names) -> None:
+        """Load the named parameters from the checkpoint, in float32 (the compute dtype), onto the CPU."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.files[name], []).append(name)
+        for path, chosen in by_file.items():
+            with safe_open(path, "pt") as handle:
+                for name in chosen:
+                    set_module_tensor_to_device(self.model, name, "cpu", value=handle.get_tensor(name),
+                                                dtype=torch.float32)
+
+    def load(self, index: int, layer: nn.Module) -> None:
+        self._read(name for name in self.files if name.startswith(self.prefixes[index]))
+
+    def store(self, index: int, layer: nn.Module) -> None:
+        """Write the (pruned) layer to its own shard, then free it."""
+        tensors = {self.prefixes[index] + name: tensor.detach().to("cpu", self.dtype).contiguous()
+                   for name, tensor in layer.state_dict().items()}
+        file = f"layer-{index:05d}.safetensors"
+        self.shards.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(self.shards / file), metadata={"format": "pt"})
+        self.written.update(dict.fromkeys(tensors, file))
+        layer.to("meta")
+
+    def outside_layers(self) -> dict[str, torch.Tensor]:
+        """The model's tensors outside the decoder layers, in the saved dtype."""
+        own = {name for name, _ in self.model.named_parameters()} | {name for name, _ in self.model.named_buffers()}
+        return {name: tensor.detach().to(self.dtype).contiguous() for name, tensor in self.model.state_dict().items()
+                if name in own and not name.startswith(f"{self.adapter.layers}.")}  # tied aliases once
+
+    def finish(self, staging: Path) -> None:
+        """Move the layer shards into `staging`, beside the model.safetensors that save_pretrained wrote there with
+        the tensors outside the layers, and index them all as one sharded checkpoint."""
+        count = len(self.layers) + 1
+        names = {"model.safetensors": f"model-00001-of-{count:05d}.safetensors",
+                 **{f"layer-{i:05d}.safetensors": f"model-{i + 2:05d}-of-{count:05d}.safetensors"
+                    for i in range(len(self.layers))}}
+        os.replace(staging / SINGLE_FILE, staging / names["model.safetensors"])
+        weight_map = {name: names["model.safetensors"] for name in _header(staging / names["model.safetensors"])}
+        for file in sorted(set(self.written.values())):
+            shutil.move(str(self.shards / file), staging / names[file])
+        weight_map.update({name: names[file] for name, file in self.written.items()})
+        total = sum(entry["data_offsets"][1] - entry["data_offsets"][0] for file in set(weight_map.values())
+                    for entry in _header(staging / file).values())
+        (staging / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total},
+                                                      "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+
+
+__all__ = ["LayerStream", "check_streamable", "checkpoint_files"]

@@ -1,0 +1,72 @@
+"""Streamed one-shot pruning (--stream): a checkpoint on disk read one layer at a time gives the same pruned model as
+the in-memory path, written as a sharded checkpoint that loads strictly with and without ffnprune."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ffnprune.cli.main import main
+from ffnprune.io.pruned_dir import load_pruned, read_metadata
+from helpers import run_without_ffnprune
+from test_oneshot import _calibration_text
+from tiny_models import tiny_model
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _weights(directory) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, gpt2_tokenizer):
+    """A tiny LLaMA saved in bf16, in several shards."""
+    directory = tmp_path_factory.mktemp("sharded") / "llama"
+    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer)).to(torch.bfloat16)
+    model.save_pretrained(directory, max_shard_size="40KB")
+    gpt2_tokenizer.save_pretrained(directory)
+    assert len(list(directory.glob("*.safetensors"))) > 2
+    return directory
+
+
+@pytest.mark.parametrize("options", [("--method", "obs"), ("--method", "flap", "--reconstruct", "bias",
+                                                             "--calibration-target", "own", "--layer-keep", "0:1")])
+def test_streamed_equals_in_memory(capsys, tmp_path, sharded, options):
+    calibration = ("--calibration-data", _calibration_text(tmp_path), "--calibration-context", "32",
+                   "--calibration-tokens", "1024", "--keep", "0.5", *options)
+    code, _, err = _run(capsys, "prune", sharded, "--out", tmp_path / "memory", *calibration)
+    assert code == 0, err
+    code, _, err = _run(capsys, "prune", sharded, "--stream", "--out", tmp_path / "streamed", *calibration)
+    assert code == 0, err
+    memory, streamed = _weights(tmp_path / "memory"), _weights(tmp_path / "streamed")
+    assert memory.keys() == streamed.keys()
+    for name in memory:
+        assert memory[name].dtype == streamed[name].dtype == torch.bfloat16, name
+        assert (memory[name].float() - streamed[name].float()).abs().max() <= 1e-6, name
+    assert read_metadata(tmp_path / "streamed")["kept_neurons"] == read_metadata(tmp_path / "memory")["kept_neurons"]
+    assert read_metadata(tmp_path / "streamed")["streamed"] is True
+    assert not (tmp_path / "streamed.work").exists()
+    index = json.loads((tmp_path / "streamed" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(streamed)
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = load_pruned(tmp_path / "streamed").eval()(ids).logits
+    theirs = run_without_ffnprune(f"""
+        import json, torch, transformers
+        model = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / "streamed")!r},
+                                                                  trust_remote_code=True).eval()
+        with torch.no_grad():
+            print(json.dumps({{"logits": model(torch.tensor({ids.tolist()})).logits.tolist()}}))
+    """, tmp_path)
+    assert (ours - torch.tensor(theirs["logits"])).abs().max() < 1e-5
