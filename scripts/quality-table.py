@@ -37,6 +37,9 @@ ROWS = {
     "dense": (None, "SmolLM2-135M-Instruct, dense"),
     "obs-0.75": (["--keep", "0.75"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
     "obs-0.5": (["--keep", "0.5"], "ffnprune one-shot (obs, sequential lstsq refit; the default)"),
+    "obs-0.75-calibrated-generated": (["--keep", "0.75", "--calibration-data", "generated"],
+                                      "ffnprune one-shot (obs) calibrated on 32,768 tokens the dense model wrote "
+                                      "instead of WikiText validation"),
     "obs-0.5-calibrated-generated": (["--keep", "0.5", "--calibration-data", "generated"],
                                      "ffnprune one-shot (obs) calibrated on 32,768 tokens the dense model wrote "
                                      "instead of WikiText validation"),
