@@ -41,8 +41,8 @@ MUTATIONS = {
         CALIBRATED, "    inverse_hessian = inverse(damped(gram := stats.augmented(), damping(gram, damp)))\n    return",
         "    inverse_hessian = inverse(gram := stats.augmented())\n    return", ONESHOT),
     "damping removed from the least-squares refit": (
-        RECONSTRUCTION, "system = damped(gram[columns][:, columns], damping(gram, damp))",
-        "system = gram[columns][:, columns]", ONESHOT),
+        RECONSTRUCTION, "system = damped(stats.kept_block(kept.to(weight.device)), neuron_damping(stats.gram."
+        "diagonal(), damp))", "system = stats.kept_block(kept.to(weight.device))", ONESHOT),
     "activation scores inverted": (
         CALIBRATED, "return stats.sequence_means.sqrt()", "return -stats.sequence_means.sqrt()", ONESHOT),
     "OBS scores inverted": (

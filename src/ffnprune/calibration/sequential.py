@@ -45,6 +45,21 @@ class LayerStatistics:
     def variance(self) -> torch.Tensor:
         return (self.gram.diagonal() / max(self.count, 1) - self.mean.square()).clamp_min(0)
 
+    def times_augmented(self, matrix: torch.Tensor) -> torch.Tensor:
+        """matrix @ [X, 1]^T [X, 1] for a matrix [rows, N + 1], without building the (N + 1)^2 augmented Gram."""
+        width = self.width
+        left, right = matrix[:, :width], matrix[:, width:]
+        return torch.cat([left @ self.gram + right * self.sums, left @ self.sums[:, None] + right * self.count], dim=1)
+
+    def kept_block(self, kept: torch.Tensor) -> torch.Tensor:
+        """The augmented Gram's rows and columns of the kept neurons and the intercept (last), built directly."""
+        count = len(kept)
+        block = self.gram.new_empty(count + 1, count + 1)
+        block[:count, :count] = self.gram[kept[:, None], kept]
+        block[count, :count] = block[:count, count] = self.sums[kept]
+        block[count, count] = self.count
+        return block
+
     def augmented(self) -> torch.Tensor:
         """[X, 1]^T [X, 1]: the Gram with an intercept, (N + 1) x (N + 1); the intercept is the last index."""
         width = self.width

@@ -20,8 +20,12 @@ from ffnprune.criteria import CalibratedCriterion, register_calibrated
 
 def damping(gram: torch.Tensor, damp: float) -> float:
     """damp * the mean diagonal of the neurons' part of an augmented Gram (damp itself where that is 0)."""
-    neurons = gram.shape[0] - 1
-    mean_diagonal = float(gram.diagonal()[:neurons].mean()) if neurons else 0.0
+    return neuron_damping(gram.diagonal()[: gram.shape[0] - 1], damp)
+
+
+def neuron_damping(diagonal: torch.Tensor, damp: float) -> float:
+    """damp * the mean of the neurons' Gram diagonal (damp itself where that is 0 or there are no neurons)."""
+    mean_diagonal = float(diagonal.mean()) if diagonal.numel() else 0.0
     return damp * mean_diagonal if mean_diagonal > 0 else damp
 
 

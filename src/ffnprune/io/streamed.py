@@ -113,7 +113,12 @@ class LayerStream:
                                 "--stream")
         self.prefixes = [f"{self.adapter.layers}.{index}." for index in range(len(self.layers))]
         self.written: dict[str, str] = {}  # tensor name -> shard file
-        self._read(name for name in expected if not name.startswith(f"{self.adapter.layers}."))
+        # An untied output head is not needed to calibrate: it is copied from the checkpoint when the model is saved
+        head = self.model.get_output_embeddings()
+        self.deferred = [name for name, parameter in expected.items() if head is not None and parameter is
+                         head.weight and parameter is not self.model.get_input_embeddings().weight]
+        self._read(name for name in expected if not name.startswith(f"{self.adapter.layers}.")
+                   and name not in self.deferred)
         self.model.tie_weights()
 
     @property
@@ -147,8 +152,12 @@ class LayerStream:
     def outside_layers(self) -> dict[str, torch.Tensor]:
         """The model's tensors outside the decoder layers, in the saved dtype."""
         own = {name for name, _ in self.model.named_parameters()} | {name for name, _ in self.model.named_buffers()}
-        return {name: tensor.detach().to(self.dtype).contiguous() for name, tensor in self.model.state_dict().items()
-                if name in own and not name.startswith(f"{self.adapter.layers}.")}  # tied aliases once
+        tensors = {name: tensor.detach().to(self.dtype).contiguous() for name, tensor in self.model.state_dict().items()
+                   if name in own and not name.startswith(f"{self.adapter.layers}.") and name not in self.deferred}
+        for name in self.deferred:
+            with safe_open(self.files[name], "pt") as handle:
+                tensors[name] = handle.get_tensor(name).to(self.dtype).contiguous()
+        return tensors  # tied aliases once
 
     def finish(self, staging: Path) -> None:
         """Move the layer shards into `staging`, beside the model.safetensors that save_pretrained wrote there with

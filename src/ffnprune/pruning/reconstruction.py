@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ffnprune.calibration.sequential import LayerStatistics
-from ffnprune.criteria.calibrated import damped, damping, target_cross
+from ffnprune.criteria.calibrated import damped, neuron_damping, target_cross
 
 RECONSTRUCTIONS = ("none", "bias", "lstsq")
 
@@ -30,19 +30,18 @@ class Reconstruction:
     relative_error_sliced: float  # of the kept columns alone (what "none" gives)
 
 
-def _relative_error(gram: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor, total: float) -> float:
+def _relative_error(stats: LayerStatistics, dense: torch.Tensor, pruned: torch.Tensor, total: float) -> float:
     """||[W|b] Z^T - [W'|b'] Z^T||^2 / ||[W|b] Z^T||^2 for Z = [X, 1], from G = Z^T Z (`total` the denominator)."""
     difference = dense - pruned
-    return float(((difference @ gram) * difference).sum()) / total if total > 0 else 0.0
+    return float((stats.times_augmented(difference) * difference).sum()) / total if total > 0 else 0.0
 
 
 def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor | None, kept: torch.Tensor,
                 mode: str, damp: float) -> Reconstruction:
     """New output columns (and bias, None where the layer has none and `mode` adds none) for the kept neurons."""
     width = stats.width
-    gram = stats.augmented()
     dense = torch.cat([weight, (bias if bias is not None else weight.new_zeros(weight.shape[0]))[:, None]], dim=1)
-    own_cross = dense @ gram  # [W | b] G: the refit's target without drift, and the errors' denominator
+    own_cross = stats.times_augmented(dense)  # [W | b] G: the refit's target without drift, and the errors' scale
     total = float((own_cross * dense).sum())
     sliced = torch.zeros_like(dense)
     sliced[:, kept] = dense[:, kept]
@@ -56,7 +55,7 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
         new_bias = dense[:, width] + dense[:, :width][:, pruned] @ stats.mean[pruned]
     elif mode == "lstsq":
         columns = torch.cat([kept.to(weight.device), torch.tensor([width], device=weight.device)])
-        system = damped(gram[columns][:, columns], damping(gram, damp))
+        system = damped(stats.kept_block(kept.to(weight.device)), neuron_damping(stats.gram.diagonal(), damp))
         target = target_cross(stats, own_cross)[:, columns]  # [hidden, kept + 1]
         factor, info = torch.linalg.cholesky_ex(system)
         solution = (torch.cholesky_solve(target.T, factor) if int(info) == 0
@@ -67,5 +66,5 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     result = torch.zeros_like(dense)
     result[:, kept] = new_weight
     result[:, width] = new_bias if new_bias is not None else 0.0
-    return Reconstruction(new_weight, new_bias, _relative_error(gram, dense, result, total),
-                          _relative_error(gram, dense, sliced, total))
+    return Reconstruction(new_weight, new_bias, _relative_error(stats, dense, result, total),
+                          _relative_error(stats, dense, sliced, total))

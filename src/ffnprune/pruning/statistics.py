@@ -101,9 +101,8 @@ class ActivationStatistics:
 
     def _fold(self, index: int, second: torch.Tensor, activations: torch.Tensor, count) -> None:
         gram = self.gram[index]
-        if self.beta is None:
-            second = second.to(self.dtype)
-            self.gram[index] = second if gram is None else gram.add_(second)
+        if self.beta is None:  # folded in place: no second N x N buffer in the accumulator's dtype
+            self.gram[index] = second.to(self.dtype) if gram is None else gram.add_(second)
             first = activations.sum(dim=0).to(self.dtype)
             self.sums[index] = first if self.sums[index] is None else self.sums[index].add_(first)
             self.counts[index] += int(count)
