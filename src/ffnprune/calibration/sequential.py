@@ -82,11 +82,11 @@ def _captured_input(module: nn.Module):
 
 
 def _fold_drift(total, activations: torch.Tensor, difference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """total + [X, 1]^T (O_dense - O) over the batch's real tokens, in float64."""
-    weights = mask.reshape(-1, 1).double()
-    augmented = torch.cat([activations.flatten(0, -2).double(), torch.ones_like(weights)], dim=1) * weights
-    folded = augmented.T @ difference.flatten(0, -2).double()
-    return folded if total is None else total.add_(folded)
+    """total + [X, 1]^T (O_dense - O) over the batch's real tokens: each batch's product in float32 (as the Gram's),
+    summed in float64."""
+    difference = difference.flatten(0, -2).float() * mask.reshape(-1, 1).float()  # pads contribute nothing
+    folded = torch.cat([activations.flatten(0, -2).float().T @ difference, difference.sum(dim=0, keepdim=True)])
+    return folded.double() if total is None else total.add_(folded)
 
 
 class _Captured(Exception):
@@ -225,7 +225,9 @@ class SequentialCalibration:
                 layer_statistics = self._layer_statistics(statistics, index)
                 layer_statistics.drift = drift
                 statistics.release(index)
-                if visit(index, layer, layer_statistics):  # the layer's projections were replaced: run it again
+                changed = visit(index, layer, layer_statistics)
+                del layer_statistics, drift  # one layer's statistics at a time
+                if changed:  # the layer's projections were replaced: run it again
                     outputs = [_hidden(layer(hidden, *rest[kinds[index]][0], **rest[kinds[index]][1]))
                                for hidden, rest in inputs]
                 inputs = [(output, rest) for output, (_, rest) in zip(outputs, inputs)]

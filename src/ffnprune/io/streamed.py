@@ -9,6 +9,8 @@ model and every parameter must be read from the checkpoint, as for every other l
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -80,6 +82,15 @@ def _header(path: Path) -> dict:
     return header
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed with a layer back to the system (glibc keeps it for reuse otherwise, and the
+    resident set would creep up layer by layer); a no-op where the C library has no malloc_trim."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def check_streamable(location: str) -> Path:
     """The local model directory --stream reads (a GGUF file or a hub id is loaded whole)."""
     path = Path(location).expanduser()
@@ -148,6 +159,7 @@ class LayerStream:
         save_file(tensors, str(self.shards / file), metadata={"format": "pt"})
         self.written.update(dict.fromkeys(tensors, file))
         layer.to("meta")
+        _return_freed_memory()
 
     def outside_layers(self) -> dict[str, torch.Tensor]:
         """The model's tensors outside the decoder layers, in the saved dtype."""

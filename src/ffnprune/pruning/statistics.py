@@ -34,6 +34,8 @@ class ActivationStatistics:
     float32, then added). `sequence_means` also sums, over sequences, the square of each neuron's mean |h| over the
     sequence's tokens (Minitron's activation criterion)."""
 
+    FOLD_COLUMNS = 1024  # columns of a plain sum's H^T H computed at once
+
     def __init__(self, model: nn.Module, adapter: MlpAdapter, beta: float | None, max_tokens: int | None = None,
                  training_only: bool = True, dtype: torch.dtype = torch.float32, sequence_means: bool = False):
         self.beta = beta
@@ -75,7 +77,7 @@ class ActivationStatistics:
                 else:
                     activations = activations * weights.float()[:, None]
                     count = weights.sum()
-                self._fold(index, activations.T @ activations, activations, count)
+                self._fold(index, activations, count)
             return None
 
         return hook
@@ -99,14 +101,21 @@ class ActivationStatistics:
         previous = self.sequence_means[index]
         self.sequence_means[index] = folded if previous is None else previous.add_(folded)
 
-    def _fold(self, index: int, second: torch.Tensor, activations: torch.Tensor, count) -> None:
+    def _fold(self, index: int, activations: torch.Tensor, count) -> None:
         gram = self.gram[index]
-        if self.beta is None:  # folded in place: no second N x N buffer in the accumulator's dtype
-            self.gram[index] = second.to(self.dtype) if gram is None else gram.add_(second)
+        if self.beta is None:
+            if gram is None:
+                width = activations.shape[1]
+                self.gram[index] = gram = torch.zeros(width, width, dtype=self.dtype, device=activations.device)
+            # H^T H in float32, folded a block of columns at a time: no N x N float32 buffer beside the accumulator
+            for start in range(0, gram.shape[1], self.FOLD_COLUMNS):
+                block = activations[:, start:start + self.FOLD_COLUMNS]
+                gram[:, start:start + block.shape[1]].add_(activations.T @ block)
             first = activations.sum(dim=0).to(self.dtype)
             self.sums[index] = first if self.sums[index] is None else self.sums[index].add_(first)
             self.counts[index] += int(count)
             return
+        second = activations.T @ activations
         if gram is None:
             self.gram[index] = gram = torch.zeros(second.shape, dtype=torch.float32, device=second.device)
         elif not self._decayed[index]:
