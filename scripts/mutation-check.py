@@ -54,6 +54,9 @@ MUTATIONS = {
     "recovery distils from the pruned model": (
         "src/ffnprune/pipeline.py", "eval_examples, workdir, teacher=teacher,",
         "eval_examples, workdir, teacher=teacher and copy.deepcopy(loaded.model),", ONESHOT),
+    "calibration statistics not summed across processes": (
+        "src/ffnprune/calibration/sequential.py", "                    torch.distributed.all_reduce(tensor)\n",
+        "                    pass\n", "tests/test_distributed.py"),
 }
 
 

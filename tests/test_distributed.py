@@ -56,3 +56,36 @@ def test_two_processes_agree_on_kept_neurons_and_statistics(tmp_path):
         assert torch.equal(first[name], second[name]), name
     assert sum(first[f"kept.{i}"].numel() for i in range(4)) == 80  # floor(0.25 * 320), over both processes
     assert any(name.startswith("gum.gram") for name in first)
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def test_calibration_on_two_processes_prunes_as_one(tmp_path, tiny_model_dir):
+    """torchrun -m ffnprune.cli.main prune: each process calibrates on half of the sequences, the statistics are
+    summed, and the pruned model (written once) is the single process's, in memory and streamed."""
+    from ffnprune.cli.main import main
+    from ffnprune.io.pruned_dir import read_metadata
+    from test_oneshot import _calibration_text
+
+    options = ["--method", "obs", "--keep", "0.5", "--calibration-data", str(_calibration_text(tmp_path)),
+               "--calibration-context", "32", "--calibration-tokens", "1024", "--dtype", "float32"]
+    dense = str(tiny_model_dir("llama"))
+    assert main(["prune", dense, "--out", str(tmp_path / "one"), *options]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name, extra in (("two", []), ("two-streamed", ["--stream"])):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", "29518", "-m", "ffnprune.cli.main", "prune", dense, "--out",
+                                 str(tmp_path / name), *options, *extra], capture_output=True, text=True, env=env,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert read_metadata(tmp_path / name)["processes"] == 2
+        assert read_metadata(tmp_path / name)["kept_neurons"] == read_metadata(tmp_path / "one")["kept_neurons"]
+        one, two = _weights(tmp_path / "one"), _weights(tmp_path / name)
+        assert one.keys() == two.keys()
+        for key in one:
+            assert (one[key] - two[key]).abs().max() <= 1e-6, (name, key)

@@ -144,7 +144,7 @@ def with_token_budget(config: PruneConfig) -> PruneConfig:
     if settings.train_data is None:
         raise FfnpruneError("--train-tokens is the budget of --train-data; give --train-data (files, or "
                             f"'{GENERATED}'), or --steps N to train on the task's split")
-    processes = PartialState().num_processes
+    processes = process_state().num_processes
     per_step = settings.batch_size * settings.grad_accum * processes * settings.context
     if settings.train_tokens < per_step:
         raise FfnpruneError(f"--train-tokens {settings.train_tokens} is less than one step of {per_step} tokens "
@@ -294,7 +294,7 @@ def prune(config: PruneConfig, resume: str | Path | None = None, say=say) -> Pat
     config = with_token_budget(config)
     method = check_config(config)
     out = _prune(config, method, resume, say)
-    if config.push_to_hub and PartialState().is_main_process:
+    if config.push_to_hub and process_state().is_main_process:
         say(f"pushing {out} to {config.push_to_hub} ...")
         say(f"pushed: {push_directory(out, config.push_to_hub)}")
     return out
@@ -306,32 +306,57 @@ def _prune(config: PruneConfig, method: Method, resume, say) -> Path:
             raise FfnpruneError("--resume continues a fine-pruning run; one-shot pruning (--steps 0) has nothing to "
                                 "resume")
         check_output_dir(config.out, config.overwrite)
+        # Under torchrun / accelerate launch every process calibrates on its share of the sequences and prunes
+        # the same way (calibration.sequential); the main process alone speaks and writes.
+        state = process_state()
+        if not state.is_main_process:
+            say = _quiet_say
         if config.calibration.stream:
-            return prune_streamed(config, method, say)
-        say(f"loading {config.model} ...")
-        loaded = load_model(config.model)
-        return evaluate_and_save(loaded, config, prune_once(loaded, config, method, say), say)
+            out = prune_streamed(config, method, say, state.is_main_process)
+        else:
+            say(f"loading {config.model} ...")
+            loaded = load_model(config.model)
+            metadata = prune_once(loaded, config, method, say)
+            metadata["processes"] = state.num_processes
+            out = evaluate_and_save(loaded, config, metadata, say) if state.is_main_process else Path(config.out)
+        state.wait_for_everyone()
+        return out
     return fine_prune(config, method, Path(resume) if resume else None, say)
 
 
-def prune_streamed(config: PruneConfig, method: Method, say=say) -> Path:
+def process_state() -> PartialState:
+    """accelerate's view of the processes, as the training loop's Accelerator sets it up (on a machine without a
+    GPU, torchrun's processes are CPU processes over gloo, not one process)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _quiet_say(*args, **kwargs) -> None:
+    return None
+
+
+def prune_streamed(config: PruneConfig, method: Method, say=say, writes: bool = True) -> Path:
     """One-shot pruning that reads each layer from the checkpoint when calibration reaches it and writes it to
     OUT.work once pruned (io.streamed); the shards move into OUT when all are done."""
     location = check_streamable(config.model)
     workdir = work_dir(config.out)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if writes:
+        shutil.rmtree(workdir, ignore_errors=True)
     say(f"reading {config.model} layer by layer (--stream); pruned layers wait in {workdir}")
     try:
-        stream = LayerStream(location, workdir / "shards", torch.float32)
+        stream = LayerStream(location, workdir / "shards", torch.float32, writes)
         loaded = LoadedModel(stream.model, load_tokenizer(config.model), stream.adapter, config.model, str(location),
                              stored_dtype(location))
         dtype = saved_dtype(loaded, config)
         stream.dtype = getattr(torch, dtype)
-        metadata = {**prune_once(loaded, config, method, say, stream), "saved_dtype": dtype, "streamed": True}
+        metadata = {**prune_once(loaded, config, method, say, stream), "saved_dtype": dtype, "streamed": True,
+                    "processes": process_state().num_processes}
+        if not writes:
+            return Path(config.out)
         return save_pruned(loaded.model, loaded.tokenizer, config.out, metadata, overwrite=config.overwrite,
                            stream=stream)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if writes:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def saved_dtype(loaded: LoadedModel, config: PruneConfig) -> str:
@@ -442,7 +467,7 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say
     """Gradual fine-pruning on the cubic schedule, or, for calibrated criteria, one-shot pruning then recovery."""
     schedule = CubicSchedule(config.steps, 1.0 if method.calibrated else config.keep, config.schedule.warmup_share,
                              config.schedule.cooldown_share)
-    state = PartialState()
+    state = process_state()
     if resume is not None and Path(config.out).exists() and not config.overwrite:
         raise FfnpruneError(f"output directory {config.out} already exists; a resumed run writes to the --out it "
                             "started with: pass --overwrite to let it replace that directory")

@@ -89,6 +89,13 @@ def _fold_drift(total, activations: torch.Tensor, difference: torch.Tensor, mask
     return folded.double() if total is None else total.add_(folded)
 
 
+def _process_group() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class _Captured(Exception):
     """Stops the model's forward at the first decoder layer once its inputs are recorded."""
 
@@ -131,7 +138,14 @@ class SequentialCalibration:
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, batches: list[dict[str, torch.Tensor]],
                  device: torch.device, sequence_means: bool = False, dense_target: bool = False, stream=None):
-        self.model, self.adapter, self.batches, self.device = model, adapter, batches, torch.device(device)
+        self.model, self.adapter, self.device = model, adapter, torch.device(device)
+        # Under torchrun or accelerate launch each process takes every world-th batch; the statistics are summed
+        # across processes before a layer is pruned, so every process prunes it the same way.
+        self.rank, self.world = _process_group()
+        if len(batches) < self.world:
+            raise FfnpruneError(f"{len(batches)} calibration batches for {self.world} processes: give more "
+                                "--calibration-tokens or a smaller --calibration-batch-size, or fewer processes")
+        self.batches = batches[self.rank::self.world]
         # With a stream (io.streamed.LayerStream), each layer is read from the checkpoint when its turn comes and
         # written out and freed after it: the model in memory is the embeddings and one layer.
         self.stream = stream
@@ -222,8 +236,7 @@ class SequentialCalibration:
                     if dense_hidden is not None:
                         drift = _fold_drift(drift, activations[0], dense_hidden[batch_index] - outputs[-1], mask)
                 statistics.token_mask = None
-                layer_statistics = self._layer_statistics(statistics, index)
-                layer_statistics.drift = drift
+                layer_statistics = self._layer_statistics(statistics, index, drift)
                 statistics.release(index)
                 changed = visit(index, layer, layer_statistics)
                 del layer_statistics, drift  # one layer's statistics at a time
@@ -239,11 +252,18 @@ class SequentialCalibration:
             statistics.detach()
             self.model.train(was_training)
 
-    def _layer_statistics(self, statistics: ActivationStatistics, index: int) -> LayerStatistics:
+    def _layer_statistics(self, statistics: ActivationStatistics, index: int, drift) -> LayerStatistics:
         gram, sums = statistics.gram[index], statistics.sums[index]
         if gram is None:
             raise FfnpruneError(f"layer {index}: the calibration forward never reached its MLP output projection")
         means = None if statistics.sequence_means is None else statistics.sequence_means[index]
+        count = statistics.counts[index]
+        if self.world > 1:
+            count = torch.tensor([count], dtype=torch.float64, device=gram.device)
+            for tensor in (gram, sums, means, drift, count):
+                if tensor is not None:
+                    torch.distributed.all_reduce(tensor)
+            count = int(count.item())
         for name, tensor in (("activation Gram", gram), ("activation sums", sums), ("sequence means", means)):
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 raise FfnpruneError(
@@ -251,4 +271,4 @@ class SequentialCalibration:
                     "layer's activations overflowed or the weights hold NaN. Prune a float32 copy of the model, or "
                     "check its weights"
                 )
-        return LayerStatistics(gram, sums, statistics.counts[index], means)
+        return LayerStatistics(gram, sums, count, means, drift)

@@ -104,8 +104,9 @@ def check_streamable(location: str) -> Path:
 class LayerStream:
     """Reads each decoder layer from the checkpoint when calibration reaches it, and writes it out once pruned."""
 
-    def __init__(self, directory: Path, shards: Path, dtype: torch.dtype):
+    def __init__(self, directory: Path, shards: Path, dtype: torch.dtype, writes: bool = True):
         self.directory, self.shards, self.dtype = directory, shards, dtype
+        self.writes = writes  # only one of several processes writes the layers
         self.files = checkpoint_files(directory)
         config = transformers.AutoConfig.from_pretrained(directory)
         self.adapter: MlpAdapter = adapter_for(config)
@@ -152,12 +153,13 @@ class LayerStream:
 
     def store(self, index: int, layer: nn.Module) -> None:
         """Write the (pruned) layer to its own shard, then free it."""
-        tensors = {self.prefixes[index] + name: tensor.detach().to("cpu", self.dtype).contiguous()
-                   for name, tensor in layer.state_dict().items()}
-        file = f"layer-{index:05d}.safetensors"
-        self.shards.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(self.shards / file), metadata={"format": "pt"})
-        self.written.update(dict.fromkeys(tensors, file))
+        if self.writes:
+            tensors = {self.prefixes[index] + name: tensor.detach().to("cpu", self.dtype).contiguous()
+                       for name, tensor in layer.state_dict().items()}
+            file = f"layer-{index:05d}.safetensors"
+            self.shards.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(self.shards / file), metadata={"format": "pt"})
+            self.written.update(dict.fromkeys(tensors, file))
         layer.to("meta")
         _return_freed_memory()
 
