@@ -137,6 +137,8 @@ CASES = (
     Case("--stream with a criterion that scores weights up front", ("prune", "{dense}", "--stream", "--method",
                                                                     "magnitude", "--out", "{tmp}/out"),
          "use a calibrated criterion"),
+    Case("--spill-dir that cannot be written", ("prune", "{dense}", "--spill-dir", "{tmp}/afile", "--out",
+                                                "{tmp}/out"), "{tmp}/afile is a file, not a directory"),
     Case("--stream with --evaluate", ("prune", "{dense}", "--stream", "--evaluate", "--out", "{tmp}/out"),
          "which --stream avoids holding"),
     Case("GGUF export of a llama-type model whose MLP is not SiLU",

@@ -70,3 +70,21 @@ def test_streamed_equals_in_memory(capsys, tmp_path, sharded, options):
             print(json.dumps({{"logits": model(torch.tensor({ids.tolist()})).logits.tolist()}}))
     """, tmp_path)
     assert (ours - torch.tensor(theirs["logits"])).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_hidden_states_spilled_to_files_give_the_same_model(capsys, tmp_path, sharded, stream):
+    """--hidden-memory 0: every batch's hidden states go to files and are read back; nothing else changes, and the
+    files are gone afterwards."""
+    options = ("--calibration-data", _calibration_text(tmp_path), "--calibration-context", "32",
+               "--calibration-tokens", "1024", "--keep", "0.5", *(("--stream",) if stream else ()))
+    code, _, err = _run(capsys, "prune", sharded, "--out", tmp_path / "memory", *options)
+    assert code == 0, err
+    code, _, err = _run(capsys, "prune", sharded, "--out", tmp_path / "spilled", "--hidden-memory", "0", *options)
+    assert code == 0, err
+    assert read_metadata(tmp_path / "spilled")["one_shot"]["hidden_states"]["spilled_to_files"] is True
+    assert read_metadata(tmp_path / "memory")["one_shot"]["hidden_states"]["spilled_to_files"] is False
+    memory, spilled = _weights(tmp_path / "memory"), _weights(tmp_path / "spilled")
+    assert memory.keys() == spilled.keys()
+    assert all(torch.equal(memory[name], spilled[name]) for name in memory)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["calibration.txt", "memory", "spilled"]

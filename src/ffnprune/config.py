@@ -129,6 +129,10 @@ class CalibrationConfig:
               "layers dense")
     init_scores: str = option("zeros", "learned methods start from zeros or from a calibrated criterion's "
                                        "standardised scores on the dense model (activation, wanda-sp, flap, obs)")
+    hidden_memory: NonNegative = option(
+        4.0, "GiB of the calibration's hidden states (each layer's inputs, outputs and the dense model's) kept in "
+             "memory; beyond that they go to files in --spill-dir, read back a batch at a time")
+    spill_dir: str | None = option(None, "where hidden states beyond --hidden-memory go (default: OUT.work)")
     stream: bool = option(False, "one-shot from a local safetensors checkpoint one decoder layer at a time: "
                                  "memory for the embeddings, one layer and the calibration's hidden states, "
                                  "whatever the depth")

@@ -24,7 +24,7 @@ from ffnprune.config import EvaluateConfig, PruneConfig, flag, read_yaml, to_fla
 from ffnprune.criteria import CALIBRATED, Method, get_method
 from ffnprune.errors import FfnpruneError, FfnpruneWarning
 from ffnprune.evaluation.run import evaluate_model
-from ffnprune.io.atomic import check_not_inside, check_output_dir, write_json_atomic
+from ffnprune.io.atomic import check_not_inside, check_output_dir, check_writable, write_json_atomic
 from ffnprune.io.hub import check_push, push_directory
 from ffnprune.io.pruned_dir import read_metadata, save_pruned
 from ffnprune.io.streamed import LayerStream, check_streamable
@@ -249,6 +249,8 @@ def check_calibration_options(config: PruneConfig, method: Method) -> None:
     parse_layer_keep(settings.layer_keep)
     if settings.stream:
         check_stream_options(config, method)
+    if settings.spill_dir is not None:
+        check_writable(Path(settings.spill_dir) / "hidden", "--spill-dir")
     if not one_shot(method, config.steps):
         for name, value, default in (("reconstruct", settings.reconstruct, None), ("selection", settings.selection,
                                      "uniform"), ("layer-keep", settings.layer_keep, None)):
@@ -320,6 +322,8 @@ def _prune(config: PruneConfig, method: Method, resume, say) -> Path:
             metadata["processes"] = state.num_processes
             out = evaluate_and_save(loaded, config, metadata, say) if state.is_main_process else Path(config.out)
         state.wait_for_everyone()
+        if state.is_main_process and work_dir(config.out).is_dir() and not any(work_dir(config.out).iterdir()):
+            work_dir(config.out).rmdir()  # where several processes spilled hidden states
         return out
     return fine_prune(config, method, Path(resume) if resume else None, say)
 
@@ -437,7 +441,8 @@ def prune_once(loaded: LoadedModel, config: PruneConfig, method: Method, say=say
     started = time.perf_counter()
     with PeakMemory(device) as peak:
         result = prune_one_shot(loaded.model, loaded.adapter, method, config.keep, settings, calibration, device,
-                                config.seed, config.round_to, _layer_progress(say, "one-shot pruning"), stream)
+                                config.seed, config.round_to, _layer_progress(say, "one-shot pruning"), stream,
+                                Path(settings.spill_dir or work_dir(config.out)))
     seconds = time.perf_counter() - started
     say(f"one-shot pruning took {seconds:.0f} s" + (f", peak memory {peak.bytes / 2**30:.2f} GiB" if peak.bytes
                                                       else ""))

@@ -9,11 +9,15 @@ statistics are on the device at a time, so the model itself may stay in CPU memo
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ffnprune.adapters import MlpAdapter
@@ -133,11 +137,39 @@ def _hidden(output):
 Visitor = Callable[[int, nn.Module, LayerStatistics], bool]
 
 
+class HiddenStates:
+    """One hidden-state tensor per calibration batch: in memory, or with a directory in one file per batch, written
+    when set and read back when needed (only the batch at hand is then in memory)."""
+
+    def __init__(self, tensors: list[torch.Tensor], device: torch.device, directory: Path | None = None):
+        self.device, self.directory = device, directory
+        self._memory: list[torch.Tensor | None] = [None] * len(tensors)
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        for index, tensor in enumerate(tensors):
+            self[index] = tensor
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.directory is None:
+            return self._memory[index]
+        return load_file(str(self.directory / f"{index}.safetensors"))["hidden"].to(self.device)
+
+    def __setitem__(self, index: int, tensor: torch.Tensor) -> None:
+        if self.directory is None:
+            self._memory[index] = tensor
+        else:
+            save_file({"hidden": tensor.detach().contiguous().cpu()}, str(self.directory / f"{index}.safetensors"))
+
+
 class SequentialCalibration:
     """Feeds calibration batches through a model's decoder layers one at a time, on `device`."""
 
     def __init__(self, model: nn.Module, adapter: MlpAdapter, batches: list[dict[str, torch.Tensor]],
-                 device: torch.device, sequence_means: bool = False, dense_target: bool = False, stream=None):
+                 device: torch.device, sequence_means: bool = False, dense_target: bool = False, stream=None,
+                 spill: Path | None = None, hidden_memory: float = float("inf")):
         self.model, self.adapter, self.device = model, adapter, torch.device(device)
         # Under torchrun or accelerate launch each process takes every world-th batch; the statistics are summed
         # across processes before a layer is pruned, so every process prunes it the same way.
@@ -149,6 +181,9 @@ class SequentialCalibration:
         # With a stream (io.streamed.LayerStream), each layer is read from the checkpoint when its turn comes and
         # written out and freed after it: the model in memory is the embeddings and one layer.
         self.stream = stream
+        # Hidden states beyond `hidden_memory` GiB go to files in a directory made inside `spill` (removed after)
+        self.spill, self.hidden_memory = spill, hidden_memory
+        self.spilled = False
         self.sequence_means = sequence_means
         # Also carry the dense model's hidden states, so that a layer can be refit towards the dense model's output
         # of that layer (correcting the drift of the pruned layers before it), not only its own.
@@ -211,39 +246,58 @@ class SequentialCalibration:
         was_training = self.model.training
         self.model.eval()
         kinds = self._layer_kinds()
-        inputs = self._first_layer_inputs(kinds)
+        captured = self._first_layer_inputs(kinds)
+        rests = [rest for _, rest in captured]
         layers = self.adapter.decoder_layers(self.model)
         statistics = ActivationStatistics(self.model, self.adapter, beta=None, training_only=False,
                                           dtype=torch.float64, sequence_means=self.sequence_means)
-        dense_hidden = [hidden for hidden, _ in inputs] if self.dense_target else None
+        copies = 3 if self.dense_target else 2  # inputs, outputs and the dense model's
+        needed = copies * sum(hidden.numel() * hidden.element_size() for hidden, _ in captured)
+        files, created = None, False
+        if self.spill is not None and needed > self.hidden_memory * 2**30:
+            created = not self.spill.exists()
+            self.spill.mkdir(parents=True, exist_ok=True)
+            files = Path(tempfile.mkdtemp(prefix="hidden-", dir=self.spill))
+            self.spilled = True
+        first = [hidden for hidden, _ in captured]
+        del captured
+        inputs = HiddenStates(first, self.device, files and files / "a")
+        outputs = HiddenStates(first, self.device, files and files / "b")
+        dense_hidden = HiddenStates(first, self.device, files and files / "dense") if self.dense_target else None
+        del first
         try:
             for index, layer in enumerate(layers):
                 if self.stream is not None:
                     self.stream.load(index, layer)
                 home = next(layer.parameters()).device
                 layer.to(self.device)
-                outputs, drift = [], None
-                for batch_index, ((hidden, rest), batch) in enumerate(zip(inputs, self.batches)):
-                    args, kwargs = rest[kinds[index]]
+                drift = None
+                for batch_index, batch in enumerate(self.batches):
+                    args, kwargs = rests[batch_index][kinds[index]]
                     mask = batch["attention_mask"].to(self.device)
                     if dense_hidden is not None:
                         statistics.active = False
-                        dense_hidden[batch_index] = _hidden(layer(dense_hidden[batch_index], *args, **kwargs))
+                        dense = _hidden(layer(dense_hidden[batch_index], *args, **kwargs))
+                        dense_hidden[batch_index] = dense
                         statistics.active = True
                     statistics.token_mask = mask
                     with _captured_input(self.adapter.output_projection(layer)) as activations:
-                        outputs.append(_hidden(layer(hidden, *args, **kwargs)))
+                        output = _hidden(layer(inputs[batch_index], *args, **kwargs))
+                    outputs[batch_index] = output
                     if dense_hidden is not None:
-                        drift = _fold_drift(drift, activations[0], dense_hidden[batch_index] - outputs[-1], mask)
+                        drift = _fold_drift(drift, activations[0], dense - output, mask)
+                        del dense
+                    del output, activations
                 statistics.token_mask = None
                 layer_statistics = self._layer_statistics(statistics, index, drift)
                 statistics.release(index)
                 changed = visit(index, layer, layer_statistics)
                 del layer_statistics, drift  # one layer's statistics at a time
                 if changed:  # the layer's projections were replaced: run it again
-                    outputs = [_hidden(layer(hidden, *rest[kinds[index]][0], **rest[kinds[index]][1]))
-                               for hidden, rest in inputs]
-                inputs = [(output, rest) for output, (_, rest) in zip(outputs, inputs)]
+                    for batch_index, rest in enumerate(rests):
+                        args, kwargs = rest[kinds[index]]
+                        outputs[batch_index] = _hidden(layer(inputs[batch_index], *args, **kwargs))
+                inputs, outputs = outputs, inputs
                 layer.to(home)
                 if self.stream is not None:
                     self.stream.store(index, layer)
@@ -251,6 +305,9 @@ class SequentialCalibration:
         finally:
             statistics.detach()
             self.model.train(was_training)
+            if files is not None:
+                # the directory itself only where this process made it and no other process may be using it
+                shutil.rmtree(self.spill if created and self.world == 1 else files, ignore_errors=True)
 
     def _layer_statistics(self, statistics: ActivationStatistics, index: int, drift) -> LayerStatistics:
         gram, sums = statistics.gram[index], statistics.sums[index]

@@ -107,6 +107,8 @@ class LayerStream:
     def __init__(self, directory: Path, shards: Path, dtype: torch.dtype, writes: bool = True):
         self.directory, self.shards, self.dtype = directory, shards, dtype
         self.writes = writes  # only one of several processes writes the layers
+        if writes:
+            shards.mkdir(parents=True, exist_ok=True)
         self.files = checkpoint_files(directory)
         config = transformers.AutoConfig.from_pretrained(directory)
         self.adapter: MlpAdapter = adapter_for(config)
@@ -157,7 +159,6 @@ class LayerStream:
             tensors = {self.prefixes[index] + name: tensor.detach().to("cpu", self.dtype).contiguous()
                        for name, tensor in layer.state_dict().items()}
             file = f"layer-{index:05d}.safetensors"
-            self.shards.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(self.shards / file), metadata={"format": "pt"})
             self.written.update(dict.fromkeys(tensors, file))
         layer.to("meta")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -122,10 +123,11 @@ def _fixed_scores(model: nn.Module, adapter: MlpAdapter, method: Method, seed: i
 
 
 def _calibration_pass(model: nn.Module, adapter: MlpAdapter, method: Method, calibration: CalibrationData,
-                      settings: CalibrationConfig, device: torch.device, dense_target: bool = False, stream=None):
+                      settings: CalibrationConfig, device: torch.device, dense_target: bool = False, stream=None,
+                      spill: Path | None = None):
     needs_means = method.calibrated and CALIBRATED[method.scores].needs_sequence_means
     return SequentialCalibration(model, adapter, calibration.batches(settings.calibration_batch_size), device,
-                                 needs_means, dense_target, stream)
+                                 needs_means, dense_target, stream, spill, settings.hidden_memory)
 
 
 def dense_scores(model: nn.Module, adapter: MlpAdapter, method: Method, calibration: CalibrationData,
@@ -154,13 +156,15 @@ def _quiet(done, total):
 class OneShotResult:
     kept: list[torch.Tensor]
     layers: list[dict] = field(default_factory=list)  # per layer: kept, relative output errors
+    spilled: bool = False  # hidden states went to files
 
 
 def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: float, settings: CalibrationConfig,
                    calibration: CalibrationData | None, device: torch.device, seed: int = 0, round_to: int = 1,
-                   progress=None, stream=None) -> OneShotResult:
+                   progress=None, stream=None, spill: Path | None = None) -> OneShotResult:
     """Select, reconstruct and compact every layer in place (see the module docstring); with a `stream`
-    (io.streamed.LayerStream) each layer is read before and written out after its turn."""
+    (io.streamed.LayerStream) each layer is read before and written out after its turn; hidden states beyond
+    settings.hidden_memory go to files in `spill`."""
     widths = adapter.mlp_widths(model)
     layer_keep = parse_layer_keep(settings.layer_keep, len(widths))
     mode = reconstruction_mode(method, settings)
@@ -190,10 +194,11 @@ def prune_one_shot(model: nn.Module, adapter: MlpAdapter, method: Method, keep: 
         return records[-1]["kept"] < widths[index] and settings.calibration_inputs == "pruned"
 
     dense_target = settings.calibration_target == "dense" and settings.calibration_inputs == "pruned"
-    _calibration_pass(model, adapter, method, calibration, settings, device, dense_target, stream).run(
-        visit, progress or _quiet)
+    calibration_pass = _calibration_pass(model, adapter, method, calibration, settings, device, dense_target, stream,
+                                         spill)
+    calibration_pass.run(visit, progress or _quiet)
     finish_compaction(model, adapter, spec)
-    return OneShotResult([torch.tensor(r.pop("indices")) for r in records], records)
+    return OneShotResult([torch.tensor(r.pop("indices")) for r in records], records, calibration_pass.spilled)
 
 
 def one_shot_spec(model: nn.Module, adapter: MlpAdapter, mode: str) -> dict:
@@ -283,6 +288,7 @@ def calibration_metadata(method: Method, settings: CalibrationConfig, calibratio
                                                          "batch_size": settings.calibration_batch_size,
                                                          "device": str(device)},
         "seconds": round(seconds, 1),
+        "hidden_states": {"memory_gib": settings.hidden_memory, "spilled_to_files": result.spilled},
         "mean_relative_error": sum(errors) / len(errors) if errors else None,
         "layers": result.layers,
     }
