@@ -568,22 +568,22 @@ def _training_data(config: PruneConfig, loaded: LoadedModel, teacher, workdir: P
         return examples, {"task": config.task, **data_record(config.task, config.data, config.train_split),
                           "train_split": config.train_split}
     packed, described = workdir / PACKED_TOKENS, workdir / PACKED_RECORD
-    if not described.is_file():
-        if state.is_main_process:
-            budget = config.steps * settings.batch_size * settings.grad_accum * state.num_processes * length
-            generated = None
-            if settings.train_data == GENERATED:
-                say(f"the dense model writes {settings.train_tokens:,} tokens of training text ...")
-                generated = generate_documents(teacher if teacher is not None else loaded.model, loaded.tokenizer,
-                                               settings.train_tokens, length, config.seed, workdir / GENERATED_FILE,
-                                               progress=_token_progress(say, "generated"))
-                sources = [Source(workdir / GENERATED_FILE, 1.0)]
-            else:
-                sources = parse_sources(settings.train_data)
-            record = pack(sources, loaded.tokenizer, budget, packed, config.seed)
-            write_json_atomic(described, {**record, **({"generated": generated} if generated else {})})
-            say(f"training data: {record['tokens']:,} tokens packed into {packed}")
-        state.wait_for_everyone()
+    # The barrier is outside the test: a process that saw the main one's finished file would otherwise skip it.
+    if state.is_main_process and not described.is_file():
+        budget = config.steps * settings.batch_size * settings.grad_accum * state.num_processes * length
+        generated = None
+        if settings.train_data == GENERATED:
+            say(f"the dense model writes {settings.train_tokens:,} tokens of training text ...")
+            generated = generate_documents(teacher if teacher is not None else loaded.model, loaded.tokenizer,
+                                           settings.train_tokens, length, config.seed, workdir / GENERATED_FILE,
+                                           progress=_token_progress(say, "generated"))
+            sources = [Source(workdir / GENERATED_FILE, 1.0)]
+        else:
+            sources = parse_sources(settings.train_data)
+        record = pack(sources, loaded.tokenizer, budget, packed, config.seed)
+        write_json_atomic(described, {**record, **({"generated": generated} if generated else {})})
+        say(f"training data: {record['tokens']:,} tokens packed into {packed}")
+    state.wait_for_everyone()
     return PackedSequences(packed, length), {"train_data": json.loads(described.read_text())}
 
 
