@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ONESHOT = "tests/test_oneshot.py"
 CALIBRATED = "src/ffnprune/criteria/calibrated.py"
 RECONSTRUCTION = "src/ffnprune/pruning/reconstruction.py"
+SHARDING = "src/ffnprune/training/sharding.py"
+FSDP_TESTS = "tests/test_distributed.py -k fsdp"
 # name: (file, text, replacement, tests to run)
 MUTATIONS = {
     "obs greedy update of the weights removed": (
@@ -57,6 +59,14 @@ MUTATIONS = {
     "calibration statistics not summed across processes": (
         "src/ffnprune/calibration/sequential.py", "                    torch.distributed.all_reduce(tensor)\n",
         "                    pass\n", "tests/test_distributed.py"),
+    "FSDP: the replicated scores' gradients not averaged": (
+        "src/ffnprune/training/loop.py", "            average_gradients(pruner.trainable_scores())\n",
+        "            pass\n", FSDP_TESTS),
+    "FSDP: clipping by the sum of norms instead of their root-sum-square": (
+        SHARDING, "squares = squares + (norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2",
+        "squares = squares + (norm.full_tensor() if isinstance(norm, DTensor) else norm)", FSDP_TESTS),
+    "FSDP: optimizer shards not restored on resume": (
+        "src/ffnprune/training/checkpoint.py", "    state.update(restored)\n", "", FSDP_TESTS),
 }
 
 

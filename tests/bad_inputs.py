@@ -27,6 +27,7 @@ class Case:
     absent: str = ""  # a package this input is bad only without (the row is skipped where it is installed)
     needs_no_gpu: bool = False  # bad only where PyTorch sees no GPU
     hide: str = ""  # a module made to look uninstalled while the case runs (find_spec answers None)
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set while the case runs (as a launcher sets them)
 
     def applies(self) -> bool:
         import torch
@@ -89,6 +90,15 @@ CASES = (
     Case("output under a file", ("prune", "{dense}", "--out", "{tmp}/afile/out"), "is a file, not a directory"),
     Case("resume with a changed keep", ("prune", "--resume", "{work}", "--keep", "0.25"), "--keep (0.5 -> 0.25)"),
     Case("resume a directory with no checkpoint", ("prune", "--resume", "{tmp}/empty"), "holds no checkpoint"),
+    Case("resume an FSDP checkpoint without FSDP", ("prune", "--resume", "{tmp}/fsdp-run.work"),
+         "was written under FSDP on 2 processes and this run is without FSDP"),
+    Case("DeepSpeed launch", ("prune", "{dense}", "--steps", "10", "--out", "{tmp}/out"),
+         "DeepSpeed is not supported; shard with FSDP2 instead", env=(("ACCELERATE_USE_DEEPSPEED", "true"),)),
+    Case("FSDP version 1", ("prune", "{dense}", "--steps", "10", "--out", "{tmp}/out"),
+         "ffnprune shards with FSDP2", env=(("ACCELERATE_USE_FSDP", "true"), ("FSDP_VERSION", "1"))),
+    Case("FSDP with activation checkpointing", ("prune", "{dense}", "--steps", "10", "--out", "{tmp}/out"),
+         "activation checkpointing is not supported", env=(("ACCELERATE_USE_FSDP", "true"), ("FSDP_VERSION", "2"),
+                                                           ("FSDP_ACTIVATION_CHECKPOINTING", "true"))),
     Case("unknown flag", ("prune", "{dense}", "--kep", "0.5", "--out", "{tmp}/out"), "unrecognized arguments"),
     Case("evaluate: --context 0", ("evaluate", "{dense}", "--context", "0"), "--context '0'"),
     Case("evaluate: --batch-size 0", ("evaluate", "{dense}", "--batch-size", "0"), "--batch-size '0'"),
@@ -277,6 +287,9 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
     (annotated / "notes.txt").write_text("the user's notes\n")
     (annotated / "eval.json").write_text("{}\n")  # as `evaluate DIR --out DIR/eval.json` writes
     work = _interrupted_run(tmp, dense, data)
+    shutil.copytree(work, tmp / "fsdp-run.work")  # as if written by two processes under FSDP
+    trainer = tmp / "fsdp-run.work" / "checkpoint" / "trainer.json"
+    trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "sharded": True, "processes": 2}))
     return {"tmp": str(tmp), "dense": str(dense), "pruned": str(pruned), "data": str(data), "work": str(work)}
 
 
@@ -307,12 +320,14 @@ def run_case(case: Case, places: dict[str, str]) -> dict:
     found = importlib.util.find_spec
     hidden = mock.patch("importlib.util.find_spec", lambda name, *args: None if name == case.hide
                         else found(name, *args)) if case.hide else contextlib.nullcontext()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), hidden:
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), hidden, \
+            mock.patch.dict(os.environ, dict(case.env)):
         code = main(argv)
     after = listing(root)
     changed = sorted(set(after) ^ set(before) | {p for p in after if p in before and after[p] != before[p]})
     errors = [line for line in stderr.getvalue().splitlines() if line.startswith("ffnprune: error:")]
-    return {"what": case.what, "command": "ffnprune " + " ".join(case.argv), "code": code, "errors": errors,
+    launcher = "".join(f"{name}={value} " for name, value in case.env)
+    return {"what": case.what, "command": launcher + "ffnprune " + " ".join(case.argv), "code": code, "errors": errors,
             "expected": case.expect.format(**places), "changed": changed,
             "message": errors[0].removeprefix("ffnprune: error: ").replace(places["tmp"], "TMP") if errors else ""}
 

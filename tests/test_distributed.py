@@ -89,3 +89,95 @@ def test_calibration_on_two_processes_prunes_as_one(tmp_path, tiny_model_dir):
         assert one.keys() == two.keys()
         for key in one:
             assert (one[key] - two[key]).abs().max() <= 1e-6, (name, key)
+
+
+def _torchrun(args: list[str], port: int, fsdp: bool, kill_after_checkpoint_at: int | None = None,
+              workdir: Path | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ... ffnprune prune ARGS` on CPU (FSDP2 switched on as accelerate switches it on);
+    optionally every process is SIGKILLed right after the checkpoint of a step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if fsdp:
+        env |= {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import ffnprune.training.loop as loop
+        from ffnprune.cli.main import main
+        original = loop.save_checkpoint
+        def save_then_die(*args, **kwargs):
+            original(*args, **kwargs)
+            if args[5] == {kill_after_checkpoint_at!r}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        loop.save_checkpoint = save_then_die
+        sys.exit(main({["prune", *args]!r}))
+    """)
+    path = workdir / f"launch-{port}.py"
+    path.write_text(script)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), str(path)], capture_output=True, text=True, env=env, timeout=900)
+
+
+def _log(directory: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines()]
+
+
+FINE_PRUNING = ["--keep", "0.25", "--steps", "6", "--context", "16", "--distill", "--clip", "0.5", "--seed", "3",
+                "--dtype", "float32"]
+
+
+def test_fsdp_fine_pruning_keeps_what_one_process_keeps(tmp_path, tiny_model_dir, data_dir):
+    """Global movement with a sharded student and a sharded teacher, on two processes, against one process that
+    sees the same four sequences a step: the same neurons, losses and weights."""
+    from ffnprune.cli.main import main
+    from ffnprune.io.pruned_dir import read_metadata
+
+    model = str(tiny_model_dir("llama"))
+    common = [model, "--method", "global-movement", *FINE_PRUNING, "--data", str(data_dir)]
+    assert main(["prune", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    sharded = _torchrun([*common, "--batch-size", "2", "--out", str(tmp_path / "fsdp")], 29521, fsdp=True,
+                        workdir=tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-4000:]
+    one, fsdp = read_metadata(tmp_path / "one"), read_metadata(tmp_path / "fsdp")
+    assert fsdp["training"]["sharding"] == "fsdp2" and fsdp["training"]["processes"] == 2
+    assert one["training"]["sharding"] is None
+    assert fsdp["kept_neurons"] == one["kept_neurons"]
+    for first, second in zip(_log(tmp_path / "one"), _log(tmp_path / "fsdp"), strict=True):
+        for key in ("loss", "task_loss", "distill_loss"):
+            assert abs(first[key] - second[key]) <= 1e-5, (first["step"], key)
+    one_weights, fsdp_weights = _weights(tmp_path / "one"), _weights(tmp_path / "fsdp")
+    assert one_weights.keys() == fsdp_weights.keys()
+    for key in one_weights:
+        assert (one_weights[key] - fsdp_weights[key]).abs().max() <= 1e-4, key
+
+
+def test_gum_under_fsdp_equals_ddp_and_a_killed_fsdp_run_resumes_to_the_same_model(tmp_path, tiny_model_dir,
+                                                                                  data_dir):
+    """GUM (its statistics all-reduced) on a Conv1D model: FSDP and DDP on two processes agree; an FSDP run killed
+    after its step-4 checkpoint (sharded: one file per process) and resumed ends as the uninterrupted one."""
+    from ffnprune.io.pruned_dir import read_metadata
+
+    common = [str(tiny_model_dir("gpt2")), "--method", "gum", "--mu", "1", *FINE_PRUNING, "--batch-size", "2",
+              "--data", str(data_dir), "--checkpoint-every", "2"]
+    runs = {}
+    for name, fsdp, port in (("ddp", False, 29522), ("fsdp", True, 29523)):
+        runs[name] = _torchrun([*common, "--out", str(tmp_path / name)], port, fsdp, workdir=tmp_path)
+        assert runs[name].returncode == 0, runs[name].stderr[-4000:]
+    killed = _torchrun([*common, "--out", str(tmp_path / "resumed")], 29524, True, kill_after_checkpoint_at=4,
+                       workdir=tmp_path)
+    assert killed.returncode != 0 and not (tmp_path / "resumed").exists()
+    checkpoint = tmp_path / "resumed.work" / "checkpoint"
+    assert {"model-rank0-of-2.safetensors", "model-rank1-of-2.safetensors",
+            "optimizer-rank1-of-2.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    resumed = _torchrun(["--resume", str(tmp_path / "resumed.work")], 29525, True, workdir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr
+
+    reference = read_metadata(tmp_path / "fsdp")
+    for name in ("ddp", "resumed"):
+        assert read_metadata(tmp_path / name)["kept_neurons"] == reference["kept_neurons"], name
+        for first, second in zip(_log(tmp_path / "fsdp"), _log(tmp_path / name), strict=True):
+            assert abs(first["loss"] - second["loss"]) <= 1e-6, (name, first["step"])
+    fsdp, resumed_weights = _weights(tmp_path / "fsdp"), _weights(tmp_path / "resumed")
+    for key in fsdp:
+        assert torch.equal(fsdp[key], resumed_weights[key]), key

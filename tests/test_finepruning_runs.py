@@ -86,8 +86,8 @@ def _run_cli(args: list[str], kill_after_checkpoint_at: int | None = None) -> su
             import os, signal
             import ffnprune.training.loop as loop
             original = loop.save_checkpoint
-            def save_then_die(directory, model, pruner, optimizer, scheduler, step):
-                original(directory, model, pruner, optimizer, scheduler, step)
+            def save_then_die(directory, model, pruner, optimizer, scheduler, step, **kwargs):
+                original(directory, model, pruner, optimizer, scheduler, step, **kwargs)
                 if step == {kill_after_checkpoint_at}:
                     os.kill(os.getpid(), signal.SIGKILL)
             loop.save_checkpoint = save_then_die
@@ -151,8 +151,8 @@ def _interrupt_after_checkpoint(monkeypatch, at_step: int) -> None:
 
     original = loop.save_checkpoint
 
-    def save_then_stop(directory, model, pruner, optimizer, scheduler, step):
-        original(directory, model, pruner, optimizer, scheduler, step)
+    def save_then_stop(directory, model, pruner, optimizer, scheduler, step, **kwargs):
+        original(directory, model, pruner, optimizer, scheduler, step, **kwargs)
         if step == at_step:
             raise KeyboardInterrupt
 

@@ -99,8 +99,8 @@ def test_a_cell_killed_mid_way_continues_from_its_checkpoint(tiny_model_dir, dat
     class Killed(Exception):
         pass
 
-    def save_then_die(*args):
-        original(*args)
+    def save_then_die(*args, **kwargs):
+        original(*args, **kwargs)
         raise Killed
 
     original = loop.save_checkpoint

@@ -53,7 +53,7 @@ from ffnprune.pruning.selection import check_keep
 from ffnprune.schedules import CubicSchedule
 from ffnprune.tasks import data_record, get_task, task_data_path, task_examples
 from ffnprune.tasks.base import GenerationTask
-from ffnprune.training.checkpoint import resumable_checkpoint
+from ffnprune.training.checkpoint import check_launch_matches, resumable_checkpoint
 from ffnprune.training.data import (
     GENERATED,
     GENERATED_FILE,
@@ -65,6 +65,7 @@ from ffnprune.training.data import (
 )
 from ffnprune.training.hooks import PenaltySettings
 from ffnprune.training.loop import CHECKPOINT, LOG, train
+from ffnprune.training.sharding import fsdp_plugin
 
 RUN_CONFIG = "run.yaml"
 
@@ -87,6 +88,8 @@ def check_config(config: PruneConfig) -> Method:
         check_push(config.push_to_hub)
     if config.training.report_to:
         check_tracker(config.training.report_to)
+    if config.steps:
+        fsdp_plugin()  # DeepSpeed, FSDP1 and FSDP options ffnprune cannot honour are refused here
     if config.distill.teacher:
         check_model_spec(config.distill.teacher, "--teacher")
     check_keep(config.keep)
@@ -492,6 +495,8 @@ def fine_prune(config: PruneConfig, method: Method, resume: Path | None, say=say
         if resumable_checkpoint(workdir / CHECKPOINT) is None:
             raise FfnpruneError(f"{workdir} holds no checkpoint to resume (expected {workdir / CHECKPOINT}); "
                                 "give the work directory a run printed at its start")
+        check_launch_matches(resumable_checkpoint(workdir / CHECKPOINT), fsdp_plugin() is not None,
+                             state.num_processes)
         changes = check_resumed_options(config, workdir)
         if state.is_main_process and changes:
             _record_resume(workdir, config, changes, say)
@@ -536,18 +541,20 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
     protocol = {**data_protocol, "eval_split": config.eval_split, "context": length,
                 "train_examples": len(train_examples), "tokens_seen": config.steps * per_step * length}
     training = {"final_loss": outcome.final_loss, "log": LOG, "resumed": read_resumes(workdir),
-                "mixed_precision": outcome.mixed_precision,
+                "mixed_precision": outcome.mixed_precision, "processes": outcome.processes,
+                "sharding": outcome.sharding,
                 "kind": "recovery after one-shot pruning" if recovering else "fine-pruning",
                 "distilled": teacher is not None, "init_scores": config.calibration.init_scores}
-    if recovering:
-        metadata = {**one_shot_metadata, "steps": config.steps, "protocol": protocol,
-                    "hyperparameters": to_flat_dict(config), "training": training,
-                    "parameters_after": loaded.model.num_parameters()}
-    else:
-        metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
-                                         hyperparameters=to_flat_dict(config), training=training)
     out = Path(config.out)
-    if state.is_main_process:
+    if state.is_main_process:  # under FSDP only the main process holds the whole trained model
+        loaded.model = outcome.model
+        if recovering:
+            metadata = {**one_shot_metadata, "steps": config.steps, "protocol": protocol,
+                        "hyperparameters": to_flat_dict(config), "training": training,
+                        "parameters_after": loaded.model.num_parameters()}
+        else:
+            metadata = compact_with_metadata(loaded, config, outcome.kept, protocol=protocol,
+                                             hyperparameters=to_flat_dict(config), training=training)
         evaluate_and_save(loaded, config, metadata, say, extra_files=outcome.files)
         shutil.rmtree(workdir, ignore_errors=True)
     state.wait_for_everyone()

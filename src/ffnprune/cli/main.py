@@ -43,7 +43,7 @@ def _info(args) -> None:
 
 def _prune(args) -> None:
     from ffnprune.config import read_yaml
-    from ffnprune.pipeline import RUN_CONFIG, prune
+    from ffnprune.pipeline import RUN_CONFIG, process_state, prune
 
     base = None
     if args.resume:
@@ -52,7 +52,8 @@ def _prune(args) -> None:
         base = read_yaml(Path(args.resume) / RUN_CONFIG, PruneConfig)
     config = config_from_args(PruneConfig, args, base)
     out = prune(config, resume=args.resume)
-    _summary(out)
+    if process_state().is_main_process:
+        _summary(out)
 
 
 def _nothing_to_resume(workdir: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ffnprune.criteria import register_scores
+from ffnprune.training.sharding import whole
 
 
 def neuron_norms(layer, adapter) -> torch.Tensor:
@@ -18,7 +19,7 @@ def neuron_norms(layer, adapter) -> torch.Tensor:
     with torch.no_grad():
         parts = [adapter.input_rows(p) for p in adapter.input_projections(layer)]
         parts.append(adapter.output_columns(adapter.output_projection(layer)))
-        return torch.stack([part.float().norm(dim=1) for part in parts])
+        return torch.stack([whole(part).float().norm(dim=1) for part in parts])  # FSDP: gather the shards
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:

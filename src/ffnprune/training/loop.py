@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from ffnprune.adapters import adapter_for
 from ffnprune.config import PruneConfig, to_flat_dict
 from ffnprune.errors import FfnpruneError
 from ffnprune.messages import logger, say
@@ -31,6 +32,7 @@ from ffnprune.training.checkpoint import load_checkpoint, resumable_checkpoint, 
 from ffnprune.training.data import PackedSequences
 from ffnprune.training.distill import combine, distillation_loss
 from ffnprune.training.hooks import FinePruner
+from ffnprune.training.sharding import average_gradients, clip_gradients, fsdp_plugin, gathered, meta_skeleton, shard
 
 CHECKPOINT = "checkpoint"
 LOG = "train_log.jsonl"
@@ -38,15 +40,16 @@ RUNS = "runs"  # tensorboard's event files (--report-to tensorboard), as the HF 
 
 
 class PrunableModel(nn.Module):
-    """The model and its neuron scores in one module, so that DDP/FSDP synchronise the scores' gradients too."""
+    """The model and its neuron scores in one module, so that DDP synchronises the scores' gradients too (FSDP
+    keeps them whole and out of its sharding; see training/sharding.py). It is called as the model is."""
 
     def __init__(self, model: nn.Module, scores: nn.Module):
         super().__init__()
         self.model = model
         self.scores = scores
 
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def forward(self, **inputs):
+        return self.model(**inputs, use_cache=False)
 
 
 class BatchOrder:
@@ -88,11 +91,13 @@ def parameter_groups(model: nn.Module, pruner: FinePruner | None, lr: float, sco
 @dataclass
 class TrainingOutcome:
     kept: list[torch.Tensor]
+    model: nn.Module | None  # the trained model, whole: on the main process only under FSDP
     final_loss: float
     steps: int
     files: dict[str, Path]  # name in the saved directory -> what the run wrote: the log, tensorboard's events
     pruner_state: dict[str, torch.Tensor]  # final scores and GUM statistics
     processes: int
+    sharding: str | None  # "fsdp2" when the model was sharded over the processes
     mixed_precision: str  # what ran: --mixed-precision, else accelerate's configuration
 
 
@@ -103,27 +108,33 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
     """Fine-prune `model` by `method` on the schedule; with `method` None, fine-tune it without pruning (the
     recovery of a one-shot pruned model)."""
     settings = config.training
+    sharding = fsdp_plugin()
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
                               log_with=settings.report_to, project_dir=workdir / RUNS)
     if settings.report_to:
         accelerator.init_trackers(Path(config.out).name, config=_tracker_config(config))
-    if settings.checkpoint_every and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise FfnpruneError("checkpoints are not supported under FSDP or DeepSpeed yet; use DDP, or drop "
-                            "--checkpoint-every")
     set_seed(config.seed)
     model.to(accelerator.device).train()
+    # Under FSDP the sharded model cannot be compacted: its full state comes back into this copy at the end.
+    skeleton = meta_skeleton(model) if sharding is not None and accelerator.is_main_process else None
     pruner = FinePruner(model, adapter, method, schedule, penalty, config.seed,
                         reduce=lambda t: accelerator.reduce(t, "mean"), round_to=config.round_to,
                         uniform_widths=config.uniform_widths,
                         initial_scores=initial_scores)
     wrapper = PrunableModel(model, pruner.scores)
+    if teacher is not None:
+        teacher.to(accelerator.device).eval()
+    if sharding is not None:
+        shard(wrapper, adapter.decoder_layers(model), sharding, pruner.trainable_scores(), accelerator)
+        if teacher is not None:
+            shard(teacher, adapter_for(teacher.config).decoder_layers(teacher), sharding, [], accelerator)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, pruner, settings.lr, settings.score_lr, settings.weight_decay), eps=settings.adam_eps
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, round(settings.lr_warmup * config.steps), config.steps)
-    wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
-    if teacher is not None:
-        teacher.to(accelerator.device).eval()
+    if sharding is None:
+        wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
+    trained = accelerator.unwrap_model(wrapper) if sharding is None else wrapper
 
     checkpoint_dir, log_path = workdir / CHECKPOINT, workdir / LOG
     start = 0
@@ -131,7 +142,8 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
         source = resumable_checkpoint(checkpoint_dir)
         if source is None:
             raise FfnpruneError(f"{workdir} holds no checkpoint to resume (expected {checkpoint_dir})")
-        start = load_checkpoint(source, accelerator.unwrap_model(wrapper).model, pruner, optimizer, scheduler)
+        start = load_checkpoint(source, trained.model, pruner, optimizer, scheduler,
+                                sharded_over=accelerator if sharding is not None else None)
         apply_learning_settings(optimizer, scheduler, settings)
         _truncate_log(log_path, start)
         say(f"resumed from {checkpoint_dir} at step {start}")
@@ -152,9 +164,11 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
             batch = {k: v.to(accelerator.device) for k, v in
                      train_examples.batch(order.indices(first, settings.batch_size)).items()}
             syncing = micro == settings.grad_accum - 1
-            with nullcontext() if syncing else accelerator.no_sync(wrapper):
+            if sharding is not None:
+                wrapper.set_requires_gradient_sync(syncing)
+            with nullcontext() if syncing or sharding is not None else accelerator.no_sync(wrapper):
                 pruner.before_forward(batch["attention_mask"])
-                logits = wrapper(batch["input_ids"], batch["attention_mask"])
+                logits = wrapper(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 task_loss = causal_lm_loss(logits, batch["labels"])
                 distill = None
                 if teacher is not None:
@@ -174,7 +188,11 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
                 if value is not None:
                     totals[name] += value.detach().float().item() / settings.grad_accum
         kept_now = pruner.active_neurons()  # what the masks of this step kept
-        if settings.clip:
+        if sharding is not None:
+            average_gradients(pruner.trainable_scores())
+        if settings.clip and sharding is not None:
+            clip_gradients(list(wrapper.parameters()), settings.clip)
+        elif settings.clip:
             accelerator.clip_grad_norm_(wrapper.parameters(), settings.clip)
         optimizer.step()
         scheduler.step()
@@ -190,8 +208,7 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
         if pruner.trainable_scores():
             record["score_lr"] = scheduler.get_last_lr()[-1]
         if settings.eval_every and eval_examples is not None and (step + 1) % settings.eval_every == 0:
-            record["eval_perplexity"] = _evaluate(accelerator.unwrap_model(wrapper), pruner, eval_examples,
-                                                  settings.batch_size)
+            record["eval_perplexity"] = _evaluate(trained, pruner, eval_examples, settings.batch_size)
         if accelerator.is_main_process:
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
@@ -201,19 +218,22 @@ def train(config: PruneConfig, model: nn.Module, adapter, method, schedule, pena
         progress.set_postfix(loss=f"{final_loss:.3f}", keep=f"{record['keep_actual']:.3f}")
         if settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0 and step + 1 < config.steps:
             accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, accelerator.unwrap_model(wrapper).model, pruner, optimizer,
-                                scheduler, step + 1)
+            if accelerator.is_main_process or sharding is not None:
+                save_checkpoint(checkpoint_dir, trained.model, pruner, optimizer, scheduler, step + 1,
+                                sharded_over=accelerator if sharding is not None else None)
     progress.close()
     for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which saving needs
         tracker.finish()
     pruner.before_forward()  # the final masks, at step T
     kept = pruner.kept()
     pruner.detach()
-    accelerator.unwrap_model(wrapper).model.eval()
+    whole_model = trained.model if sharding is None else gathered(model, skeleton, accelerator.is_main_process)
+    if whole_model is not None:
+        whole_model.eval()
     files = {LOG: log_path, **({RUNS: workdir / RUNS} if settings.report_to == "tensorboard" else {})}
-    return TrainingOutcome(kept=kept, final_loss=final_loss, steps=config.steps, files=files,
+    return TrainingOutcome(kept=kept, model=whole_model, final_loss=final_loss, steps=config.steps, files=files,
                            pruner_state=pruner.state(), processes=accelerator.num_processes,
+                           sharding=None if sharding is None else "fsdp2",
                            mixed_precision=str(accelerator.mixed_precision))
 
 
@@ -221,7 +241,7 @@ def _evaluate(wrapper: PrunableModel, pruner: FinePruner, examples: Examples, ba
     """Perplexity at the current density (the masks of the current step)."""
     wrapper.eval()
     pruner.before_forward()
-    result = examples_perplexity(wrapper.model, examples, batch_size)["perplexity"]
+    result = examples_perplexity(wrapper, examples, batch_size)["perplexity"]
     wrapper.train()
     return result
 
