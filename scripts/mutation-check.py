@@ -33,7 +33,7 @@ MUTATIONS = {
         "src/ffnprune/calibration/sequential.py", "dense_hidden[batch_index] - outputs[-1]",
         "outputs[-1] - dense_hidden[batch_index]", ONESHOT),
     "dense-target drift sign flipped where it enters the refit": (
-        CALIBRATED, "own_cross + stats.drift.T.to(own_cross)", "own_cross - stats.drift.T.to(own_cross)", ONESHOT),
+        CALIBRATED, "return own_cross + drift.T.to(own_cross)", "return own_cross - drift.T.to(own_cross)", ONESHOT),
     "FLAP bias compensation sign flipped": (
         RECONSTRUCTION, "new_bias = dense[:, width] + dense", "new_bias = dense[:, width] - dense", ONESHOT),
     "damping removed from OBS selection": (

@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="tinyllama")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, help="fewer decoder layers than the shape has (e.g. for profiling)")
     args = parser.parse_args()
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
-    config = transformers.LlamaConfig(**SHAPES[args.shape], vocab_size=len(tokenizer), max_position_embeddings=2048,
+    shape = SHAPES[args.shape] | ({"num_hidden_layers": args.layers} if args.layers else {})
+    config = transformers.LlamaConfig(**shape, vocab_size=len(tokenizer), max_position_embeddings=2048,
                                       tie_word_embeddings=False, dtype=args.dtype)
     with torch.device("meta"):
         shapes = {name: tensor.shape for name, tensor in transformers.LlamaForCausalLM(config).state_dict().items()}

@@ -91,13 +91,19 @@ def test_calibration_on_two_processes_prunes_as_one(tmp_path, tiny_model_dir):
             assert (one[key] - two[key]).abs().max() <= 1e-6, (name, key)
 
 
-def _torchrun(args: list[str], port: int, fsdp: bool, kill_after_checkpoint_at: int | None = None,
-              workdir: Path | None = None) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 ... ffnprune prune ARGS` on CPU (FSDP2 switched on as accelerate switches it on);
-    optionally every process is SIGKILLed right after the checkpoint of a step."""
+def _launch(args: list[str], port: int, fsdp: bool, launcher: str = "torchrun",
+            kill_after_checkpoint_at: int | None = None, workdir: Path | None = None) -> subprocess.CompletedProcess:
+    """`ffnprune prune ARGS` on two CPU processes, started by torchrun (FSDP2 switched on by the environment, as
+    accelerate sets it) or by `accelerate launch` (--use_fsdp --fsdp_version 2, or --multi_gpu: on a machine without
+    GPUs its processes run on CPU); optionally every process is SIGKILLed right after the checkpoint of a step."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    if fsdp:
-        env |= {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    if launcher == "torchrun":
+        command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+        if fsdp:
+            env |= {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    else:
+        command = ["-m", "accelerate.commands.launch", "--num_processes", "2", "--main_process_port", str(port),
+                   *(["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"])]
     script = textwrap.dedent(f"""
         import os, signal, sys
         import ffnprune.training.loop as loop
@@ -112,8 +118,8 @@ def _torchrun(args: list[str], port: int, fsdp: bool, kill_after_checkpoint_at: 
     """)
     path = workdir / f"launch-{port}.py"
     path.write_text(script)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), str(path)], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run([sys.executable, *command, str(path)], capture_output=True, text=True, env=env,
+                          timeout=900)
 
 
 def _log(directory: Path) -> list[dict]:
@@ -127,16 +133,17 @@ FINE_PRUNING = ["--keep", "0.25", "--steps", "6", "--context", "16", "--distill"
 
 
 def test_fsdp_fine_pruning_keeps_what_one_process_keeps(tmp_path, tiny_model_dir, data_dir):
-    """Global movement with a sharded student and a sharded teacher, on two processes, against one process that
-    sees the same four sequences a step: the same neurons, losses and weights."""
+    """Global movement with a sharded student and a sharded teacher, on two processes started by `accelerate launch
+    --use_fsdp --fsdp_version 2`, against one process that sees the same four sequences a step: the same neurons,
+    losses and weights."""
     from ffnprune.cli.main import main
     from ffnprune.io.pruned_dir import read_metadata
 
     model = str(tiny_model_dir("llama"))
     common = [model, "--method", "global-movement", *FINE_PRUNING, "--data", str(data_dir)]
     assert main(["prune", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
-    sharded = _torchrun([*common, "--batch-size", "2", "--out", str(tmp_path / "fsdp")], 29521, fsdp=True,
-                        workdir=tmp_path)
+    sharded = _launch([*common, "--batch-size", "2", "--out", str(tmp_path / "fsdp")], 29521, fsdp=True,
+                      launcher="accelerate", workdir=tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-4000:]
     one, fsdp = read_metadata(tmp_path / "one"), read_metadata(tmp_path / "fsdp")
     assert fsdp["training"]["sharding"] == "fsdp2" and fsdp["training"]["processes"] == 2
@@ -153,23 +160,24 @@ def test_fsdp_fine_pruning_keeps_what_one_process_keeps(tmp_path, tiny_model_dir
 
 def test_gum_under_fsdp_equals_ddp_and_a_killed_fsdp_run_resumes_to_the_same_model(tmp_path, tiny_model_dir,
                                                                                   data_dir):
-    """GUM (its statistics all-reduced) on a Conv1D model: FSDP and DDP on two processes agree; an FSDP run killed
+    """GUM (its statistics all-reduced) on a Conv1D model: FSDP (torchrun) and DDP (`accelerate launch --multi_gpu`)
+    on two processes agree; an FSDP run killed
     after its step-4 checkpoint (sharded: one file per process) and resumed ends as the uninterrupted one."""
     from ffnprune.io.pruned_dir import read_metadata
 
     common = [str(tiny_model_dir("gpt2")), "--method", "gum", "--mu", "1", *FINE_PRUNING, "--batch-size", "2",
               "--data", str(data_dir), "--checkpoint-every", "2"]
     runs = {}
-    for name, fsdp, port in (("ddp", False, 29522), ("fsdp", True, 29523)):
-        runs[name] = _torchrun([*common, "--out", str(tmp_path / name)], port, fsdp, workdir=tmp_path)
+    for name, fsdp, launcher, port in (("ddp", False, "accelerate", 29522), ("fsdp", True, "torchrun", 29523)):
+        runs[name] = _launch([*common, "--out", str(tmp_path / name)], port, fsdp, launcher, workdir=tmp_path)
         assert runs[name].returncode == 0, runs[name].stderr[-4000:]
-    killed = _torchrun([*common, "--out", str(tmp_path / "resumed")], 29524, True, kill_after_checkpoint_at=4,
-                       workdir=tmp_path)
+    killed = _launch([*common, "--out", str(tmp_path / "resumed")], 29524, True, kill_after_checkpoint_at=4,
+                     workdir=tmp_path)
     assert killed.returncode != 0 and not (tmp_path / "resumed").exists()
     checkpoint = tmp_path / "resumed.work" / "checkpoint"
     assert {"model-rank0-of-2.safetensors", "model-rank1-of-2.safetensors",
             "optimizer-rank1-of-2.safetensors"} <= {p.name for p in checkpoint.iterdir()}
-    resumed = _torchrun(["--resume", str(tmp_path / "resumed.work")], 29525, True, workdir=tmp_path)
+    resumed = _launch(["--resume", str(tmp_path / "resumed.work")], 29525, True, workdir=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
 

@@ -48,10 +48,14 @@ def _augmented_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.
     return torch.cat([weight, column[:, None]], dim=1)
 
 
-def target_cross(stats: LayerStatistics, own_cross: torch.Tensor) -> torch.Tensor:
+def target_cross(stats: LayerStatistics, own_cross: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
     """Y^T Z for the refit's target Y and Z = [X, 1] ([hidden, N + 1]), from the layer's own output's [W | b] G:
-    plus, where the calibration carried the dense model along, the drift towards the dense model's output."""
-    return own_cross if stats.drift is None else own_cross + stats.drift.T.to(own_cross)
+    plus, where the calibration carried the dense model along, the drift towards the dense model's output. With
+    `columns`, `own_cross` holds only those columns of [W | b] G, and so does the result."""
+    if stats.drift is None:
+        return own_cross
+    drift = stats.drift if columns is None else stats.drift[columns]
+    return own_cross + drift.T.to(own_cross)
 
 
 def activation_scores(stats: LayerStatistics, weight: torch.Tensor, bias, damp: float) -> torch.Tensor:

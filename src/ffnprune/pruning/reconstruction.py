@@ -30,10 +30,15 @@ class Reconstruction:
     relative_error_sliced: float  # of the kept columns alone (what "none" gives)
 
 
-def _relative_error(stats: LayerStatistics, dense: torch.Tensor, pruned: torch.Tensor, total: float) -> float:
-    """||[W|b] Z^T - [W'|b'] Z^T||^2 / ||[W|b] Z^T||^2 for Z = [X, 1], from G = Z^T Z (`total` the denominator)."""
-    difference = dense - pruned
-    return float((stats.times_augmented(difference) * difference).sum()) / total if total > 0 else 0.0
+ROWS_AT_ONCE = 256  # rows of [W | b] multiplied by G at once: no [hidden, N] temporaries beside the layer's own
+
+
+def _relative_error(stats: LayerStatistics, difference: torch.Tensor, total: float) -> float:
+    """||D Z^T||^2 / ||[W|b] Z^T||^2 for D = [W|b] - [W'|b'] and Z = [X, 1], from G = Z^T Z (`total` the
+    denominator)."""
+    squared = sum(float(torch.dot(stats.times_augmented(rows).flatten(), rows.flatten()))
+                  for rows in difference.split(ROWS_AT_ONCE))
+    return squared / total if total > 0 else 0.0
 
 
 def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor | None, kept: torch.Tensor,
@@ -41,11 +46,9 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     """New output columns (and bias, None where the layer has none and `mode` adds none) for the kept neurons."""
     width = stats.width
     dense = torch.cat([weight, (bias if bias is not None else weight.new_zeros(weight.shape[0]))[:, None]], dim=1)
-    own_cross = stats.times_augmented(dense)  # [W | b] G: the refit's target without drift, and the errors' scale
-    total = float((own_cross * dense).sum())
-    sliced = torch.zeros_like(dense)
-    sliced[:, kept] = dense[:, kept]
-    sliced[:, width] = dense[:, width]
+    # [W | b] G: the refit's target without drift, and the errors' scale
+    own_cross = torch.cat([stats.times_augmented(rows) for rows in dense.split(ROWS_AT_ONCE)])
+    total = float(torch.dot(own_cross.flatten(), dense.flatten()))
     if mode == "none":
         new_weight, new_bias = dense[:, kept], bias
     elif mode == "bias":
@@ -56,15 +59,22 @@ def reconstruct(stats: LayerStatistics, weight: torch.Tensor, bias: torch.Tensor
     elif mode == "lstsq":
         columns = torch.cat([kept.to(weight.device), torch.tensor([width], device=weight.device)])
         system = damped(stats.kept_block(kept.to(weight.device)), neuron_damping(stats.gram.diagonal(), damp))
-        target = target_cross(stats, own_cross)[:, columns]  # [hidden, kept + 1]
+        target = target_cross(stats, own_cross[:, columns], columns)  # [hidden, kept + 1]
+        del own_cross
         factor, info = torch.linalg.cholesky_ex(system)
         solution = (torch.cholesky_solve(target.T, factor) if int(info) == 0
                     else torch.linalg.lstsq(system, target.T).solution).T
+        del factor, system, target
         new_weight, new_bias = solution[:, :-1], solution[:, -1]
     else:
         raise ValueError(f"unknown reconstruction {mode!r}; known: {', '.join(RECONSTRUCTIONS)}")
-    result = torch.zeros_like(dense)
-    result[:, kept] = new_weight
-    result[:, width] = new_bias if new_bias is not None else 0.0
-    return Reconstruction(new_weight, new_bias, _relative_error(stats, dense, result, total),
-                          _relative_error(stats, dense, sliced, total))
+    # The two errors from one buffer, in turn: D = [W|b] - [W'|b'] (the result), then the pruned columns alone
+    # (what "none" gives)
+    difference = dense.clone()
+    difference[:, kept] -= new_weight
+    difference[:, width] -= new_bias if new_bias is not None else 0.0
+    relative_error = _relative_error(stats, difference, total)
+    difference.copy_(dense)
+    difference[:, kept] = 0.0
+    difference[:, width] = 0.0
+    return Reconstruction(new_weight, new_bias, relative_error, _relative_error(stats, difference, total))

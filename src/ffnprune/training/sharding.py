@@ -22,6 +22,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from ffnprune.errors import FfnpruneError
+from ffnprune.messages import logger
 
 
 def _flag(name: str) -> bool:
@@ -43,9 +44,9 @@ def fsdp_plugin() -> FullyShardedDataParallelPlugin | None:
     if plugin.activation_checkpointing:
         raise FfnpruneError("FSDP activation checkpointing is not supported with neuron masks; drop "
                             "--fsdp_activation_checkpointing (FSDP_ACTIVATION_CHECKPOINTING)")
-    if plugin.cpu_ram_efficient_loading:
-        raise FfnpruneError("FSDP's cpu_ram_efficient_loading is not supported: every process loads the "
-                            "checkpoint; drop --fsdp_cpu_ram_efficient_loading (FSDP_CPU_RAM_EFFICIENT_LOADING)")
+    if plugin.cpu_ram_efficient_loading:  # accelerate launch's default
+        logger.info("FSDP: every process reads the checkpoint before sharding it (cpu_ram_efficient_loading, which "
+                    "loads it on the main process only, is not used)")
     return plugin
 
 
