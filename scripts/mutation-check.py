@@ -45,6 +45,11 @@ MUTATIONS = {
     "damping removed from the least-squares refit": (
         RECONSTRUCTION, "system = damped(stats.kept_block(kept.to(weight.device)), neuron_damping(stats.gram."
         "diagonal(), damp))", "system = stats.kept_block(kept.to(weight.device))", ONESHOT),
+    "refit error: the kept columns' change left out": (
+        RECONSTRUCTION, "    difference[:, kept] -= new_weight\n", "", ONESHOT),
+    "refit error: one block of rows summed": (
+        RECONSTRUCTION, "for rows in difference.split(ROWS_AT_ONCE))",
+        "for rows in difference.split(ROWS_AT_ONCE)[:1])", ONESHOT),
     "activation scores inverted": (
         CALIBRATED, "return stats.sequence_means.sqrt()", "return -stats.sequence_means.sqrt()", ONESHOT),
     "OBS scores inverted": (

@@ -34,6 +34,26 @@ def _statistics(activations: torch.Tensor) -> LayerStatistics:
     return LayerStatistics(activations.T @ activations, activations.sum(dim=0), activations.shape[0], None)
 
 
+@pytest.mark.parametrize("mode", ["none", "bias", "lstsq"])
+def test_reported_errors_equal_the_output_errors_measured_on_the_activations(mode, monkeypatch):
+    """relative_error and relative_error_sliced, computed from G a block of rows at a time, against the outputs."""
+    import ffnprune.pruning.reconstruction as reconstruction
+
+    monkeypatch.setattr(reconstruction, "ROWS_AT_ONCE", 3)  # several blocks of [W | b]'s 7 rows
+    generator = torch.Generator().manual_seed(1)
+    activations = torch.randn(300, 9, dtype=torch.float64, generator=generator) + 0.3
+    weight = torch.randn(7, 9, dtype=torch.float64, generator=generator)
+    bias = torch.randn(7, dtype=torch.float64, generator=generator)
+    kept = torch.tensor([0, 2, 3, 5, 8])
+    result = reconstruct(_statistics(activations), weight, bias, kept, mode, damp=1e-3)
+    dense = activations @ weight.T + bias
+    pruned = activations[:, kept] @ result.weight.T + (result.bias if result.bias is not None else 0.0)
+    sliced = activations[:, kept] @ weight[:, kept].T + bias
+    scale = dense.square().sum()
+    assert result.relative_error == pytest.approx(float((dense - pruned).square().sum() / scale), rel=1e-9)
+    assert result.relative_error_sliced == pytest.approx(float((dense - sliced).square().sum() / scale), rel=1e-9)
+
+
 def _calibration_text(tmp_path, words: int = 6000):
     generator = torch.Generator().manual_seed(0)
     vocabulary = ["the", "model", "prunes", "neurons", "of", "a", "layer", "and", "keeps", "what", "matters", "most"]
