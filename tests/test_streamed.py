@@ -88,3 +88,29 @@ def test_hidden_states_spilled_to_files_give_the_same_model(capsys, tmp_path, sh
     assert memory.keys() == spilled.keys()
     assert all(torch.equal(memory[name], spilled[name]) for name in memory)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["calibration.txt", "memory", "spilled"]
+
+
+def test_a_hub_id_streams_from_the_hub_cache(tmp_path, sharded):
+    """`prune ORG/NAME --stream` reads the snapshot huggingface_hub keeps in its cache (offline here, as a user's
+    earlier download left it), layer by layer: the same model as streaming the directory itself."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(sharded, snapshot)
+    (cache / "models--someone--tiny-llama" / "refs").mkdir()
+    (cache / "models--someone--tiny-llama" / "refs" / "main").write_text("0" * 40)
+    options = ["--stream", "--method", "flap", "--keep", "0.5", "--calibration-data", str(_calibration_text(tmp_path)),
+               "--calibration-context", "32", "--calibration-tokens", "512"]
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    for source, out in (("someone/tiny-llama", "from-hub"), (str(sharded), "from-directory")):
+        result = subprocess.run([sys.executable, "-m", "ffnprune.cli.main", "prune", source, "--out",
+                                 str(tmp_path / out), *options], capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    hub, directory = _weights(tmp_path / "from-hub"), _weights(tmp_path / "from-directory")
+    assert hub.keys() == directory.keys()
+    assert all(torch.equal(hub[name], directory[name]) for name in hub)
+    assert read_metadata(tmp_path / "from-hub")["streamed"] is True

@@ -351,7 +351,7 @@ def prune_streamed(config: PruneConfig, method: Method, say=say, writes: bool = 
     say(f"reading {config.model} layer by layer (--stream); pruned layers wait in {workdir}")
     try:
         stream = LayerStream(location, workdir / "shards", torch.float32, writes)
-        loaded = LoadedModel(stream.model, load_tokenizer(config.model), stream.adapter, config.model, str(location),
+        loaded = LoadedModel(stream.model, load_tokenizer(str(location)), stream.adapter, config.model, str(location),
                              stored_dtype(location))
         dtype = saved_dtype(loaded, config)
         stream.dtype = getattr(torch, dtype)

@@ -110,12 +110,31 @@ def _return_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]  # no .bin, no .gguf
+
+
+def _hub_snapshot(model_id: str) -> Path:
+    """A hub model's safetensors checkpoint in the local hub cache (downloaded there once, by huggingface_hub, which
+    honours HF_HUB_OFFLINE and HF_HUB_CACHE), so that --stream reads it from disk layer by layer."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=HUB_FILES))
+    except Exception as error:
+        raise FfnpruneError(f"--stream could not get {model_id!r} from the hub or its local cache ({error}); "
+                            "download it first (huggingface-cli download ID --local-dir DIR) and give DIR") from error
+
+
 def check_streamable(location: str) -> Path:
-    """The local model directory --stream reads (a GGUF file or a hub id is loaded whole)."""
+    """The local model directory --stream reads: a directory, or a hub id's snapshot in the hub cache (a GGUF file
+    or the SmolLM2 alias is loaded whole)."""
     path = Path(location).expanduser()
+    if not path.exists() and location.count("/") == 1 and not location.startswith((".", "~")) \
+            and not location.endswith(".gguf"):
+        path = _hub_snapshot(location)
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise FfnpruneError(f"--stream reads a local model directory with safetensors weights; {location} is not "
-                            "one (for a hub model, download it first: huggingface-cli download ID --local-dir DIR)")
+        raise FfnpruneError(f"--stream reads a local model directory or a hub id with safetensors weights; "
+                            f"{location} is neither (a GGUF file or the SmolLM2 alias: prune it without --stream)")
     checkpoint_files(path)
     return path
 
