@@ -170,24 +170,31 @@ class LayerStream:
         head = self.model.get_output_embeddings()
         self.deferred = [name for name, parameter in expected.items() if head is not None and parameter is
                          head.weight and parameter is not self.model.get_input_embeddings().weight]
-        self._read(name for name in expected if not name.startswith(f"{self.adapter.layers}.")
-                   and name not in self.deferred)
+        # The input embeddings stay in the checkpoint's dtype (half the memory of float32 for bf16) and their output
+        # is cast to float32: the same values as a float32 table would give, since a lookup only copies rows.
+        embeddings = self.model.get_input_embeddings()
+        stored = {name for name, parameter in expected.items() if parameter is embeddings.weight}
+        embeddings.register_forward_hook(lambda module, inputs, output: output.float())
+        self._read((name for name in expected if not name.startswith(f"{self.adapter.layers}.")
+                    and name not in self.deferred), stored_dtype=stored)
         self.model.tie_weights()
 
     @property
     def layers(self):
         return self.adapter.decoder_layers(self.model)
 
-    def _read(self, names) -> None:
-        """Load the named parameters from the checkpoint, in float32 (the compute dtype), onto the CPU."""
+    def _read(self, names, stored_dtype: set[str] = frozenset()) -> None:
+        """Load the named parameters from the checkpoint onto the CPU, in float32 (the compute dtype) except those
+        in `stored_dtype`, which keep the checkpoint's."""
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
         for path, chosen in by_file.items():
             with safe_open(path, "pt") as handle:
                 for name in chosen:
-                    set_module_tensor_to_device(self.model, name, "cpu", value=handle.get_tensor(name),
-                                                dtype=torch.float32)
+                    tensor = handle.get_tensor(name)
+                    set_module_tensor_to_device(self.model, name, "cpu", value=tensor,
+                                                dtype=tensor.dtype if name in stored_dtype else torch.float32)
 
     def load(self, index: int, layer: nn.Module) -> None:
         self._read(name for name in self.files if name.startswith(self.prefixes[index]))
