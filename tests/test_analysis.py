@@ -77,7 +77,7 @@ def test_orthogonal_activations_are_unique_and_independent_ones_not_in_each_othe
     assert r_squared[6] > 0.999 and r_squared[0] > 0.1 and r_squared[3] < 0.01
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "phi3"])
 def test_sensitivity_is_the_first_order_loss_change_of_removing_a_neuron(model_type):
     """Removing neuron i moves its parameters by -theta. A step eps along that direction changes the loss by
     -eps * sum theta dL/dtheta to first order (checked in float64); the whole removal follows the same ranking."""

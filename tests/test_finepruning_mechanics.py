@@ -63,9 +63,10 @@ def test_global_top_v_can_empty_a_layer():
     assert [len(k) for k in kept] == [0, 7]
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "opt", "llama"])
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "llama", "phi3"])
 def test_score_gradient_is_the_movement_formula(model_type):
-    """With every neuron kept, dL/ds_i = sum_j W1[i,j] dL/dW1[i,j] + sum_k W2[k,i] dL/dW2[k,i] (+ the up rows)."""
+    """With every neuron kept, dL/ds_i = sum_j W1[i,j] dL/dW1[i,j] + sum_k W2[k,i] dL/dW2[k,i] (+ the up rows; for
+    Phi-3's fused gate_up_proj, rows i and N + i)."""
     model = tiny_model(model_type).train()
     for module in model.modules():  # dropout would make the two passes differ
         if isinstance(module, torch.nn.Dropout):
@@ -79,6 +80,8 @@ def test_score_gradient_is_the_movement_formula(model_type):
         expected = sum((adapter.input_rows(p) * _rows_of_grad(adapter, p)).sum(1)
                        for p in adapter.input_projections(layer))
         output = adapter.output_projection(layer)
+        if model_type == "phi3":  # gate rows, then up rows
+            expected = expected[: len(scores)] + expected[len(scores):]
         expected = expected + (adapter.output_columns(output) * _columns_of_grad(adapter, output)).sum(1)
         assert torch.allclose(scores.grad, expected, atol=1e-6, rtol=1e-4)
         assert scores.grad.abs().max() > 0

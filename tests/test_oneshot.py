@@ -132,12 +132,13 @@ def _sliding_and_full_attention(vocab_size: int):
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "sliding and full attention"])
+@pytest.mark.parametrize("kind", ["llama", "sliding and full attention", "gemma3_text", "gemma2", "phi3"])
 def test_layer_by_layer_statistics_equal_a_full_forward(gpt2_tokenizer, tmp_path, kind):
-    """Every layer is called with the arguments the model gives it (its own kind's mask included), so its
-    statistics are those of a whole-model forward; the calibration sequences (32) exceed the sliding window (8)."""
-    model = tiny_model("llama", vocab_size=len(gpt2_tokenizer)) if kind == "llama" else \
-        _sliding_and_full_attention(len(gpt2_tokenizer))
+    """Every layer is called with the arguments the model gives it (its own kind's mask included, and Gemma 3's
+    local rotary embeddings), so its statistics are those of a whole-model forward; the calibration sequences (32)
+    exceed the sliding window (8)."""
+    model = _sliding_and_full_attention(len(gpt2_tokenizer)) if kind == "sliding and full attention" else \
+        tiny_model(kind, vocab_size=len(gpt2_tokenizer))
     adapter = adapter_for(model.config)
     batches = _batches(gpt2_tokenizer, tmp_path).batches(8)
     seen = []

@@ -16,37 +16,40 @@ from helpers import run_without_ffnprune
 
 TOLERANCE = 1e-5
 
-# Written independently of ffnprune.adapters: layers, input projections, output projection, Conv1D layout.
+# Written independently of ffnprune.adapters: layers, input projections, output projection, Conv1D layout, and
+# whether the one input projection stacks gate and up rows (Phi-3).
 MLP_NAMES = {
-    "gpt2": ("transformer.h", ["mlp.c_fc"], "mlp.c_proj", True),
-    "gpt_neo": ("transformer.h", ["mlp.c_fc"], "mlp.c_proj", False),
-    "gpt_neox": ("gpt_neox.layers", ["mlp.dense_h_to_4h"], "mlp.dense_4h_to_h", False),
-    "opt": ("model.decoder.layers", ["fc1"], "fc2", False),
-    **{t: ("model.layers", ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj", False)
-       for t in ("llama", "mistral", "qwen2", "qwen3")},
+    "gpt2": ("transformer.h", ["mlp.c_fc"], "mlp.c_proj", True, False),
+    "gpt_neo": ("transformer.h", ["mlp.c_fc"], "mlp.c_proj", False, False),
+    "gpt_neox": ("gpt_neox.layers", ["mlp.dense_h_to_4h"], "mlp.dense_4h_to_h", False, False),
+    "opt": ("model.decoder.layers", ["fc1"], "fc2", False, False),
+    **{t: ("model.layers", ["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj", False, False)
+       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")},
+    "phi3": ("model.layers", ["mlp.gate_up_proj"], "mlp.down_proj", False, True),
 }
 
 REFERENCE = """
     import json, torch, transformers
     from safetensors.torch import load_file
     ids = load_file("ids.safetensors")["ids"]
-    layers_path, inputs, output, conv1d = {names!r}
+    layers_path, inputs, output, conv1d, fused = {names!r}
     kept = json.load(open({pruned!r} + "/pruning.json"))["kept_neurons"]
     kept = json.loads(kept) if isinstance(kept, str) else kept
     dense = transformers.AutoModelForCausalLM.from_pretrained({dense!r}).eval()
     with torch.no_grad():
         for layer, keep in zip(dense.get_submodule(layers_path), kept):
-            width = layer.get_submodule(inputs[0]).weight.shape[1 if conv1d else 0]
+            width = layer.get_submodule(output).weight.shape[0 if conv1d else 1]
             drop = torch.ones(width, dtype=torch.bool)
             drop[keep] = False
+            rows = torch.cat([drop, drop]) if fused else drop
             for name in inputs:
                 projection = layer.get_submodule(name)
                 if conv1d:
-                    projection.weight[:, drop] = 0
+                    projection.weight[:, rows] = 0
                 else:
-                    projection.weight[drop, :] = 0
+                    projection.weight[rows, :] = 0
                 if projection.bias is not None:
-                    projection.bias[drop] = 0
+                    projection.bias[rows] = 0
             projection = layer.get_submodule(output)
             if conv1d:
                 projection.weight[drop, :] = 0

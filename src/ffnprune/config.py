@@ -284,12 +284,15 @@ class ExportConfig:
     model: str | None = option(
         None, "what to export: a pruned directory, or (--format gguf) any model: directory, .gguf file, hub id or "
               "'smollm2-135m'", positional=True)
-    out: str | None = option(None, "output (required): a directory (uniform) or a .gguf file (gguf)")
-    format: Literal["uniform", "gguf"] | None = option(
+    out: str | None = option(None, "output (required): a directory (uniform, nemotron-nas) or a .gguf file (gguf)")
+    format: Literal["uniform", "gguf", "nemotron-nas"] | None = option(
         None, "uniform: a stock transformers checkpoint, every layer at one width (zero neurons pad narrower "
-              "layers); gguf: one file for llama.cpp (llama architecture for equal widths, deci for per-layer ones)")
-    outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = option(
-        None, "GGUF weight type, default f16 (norms and biases stay f32)")
+              "layers); gguf: one file for llama.cpp (llama architecture for equal widths, deci for per-layer ones); "
+              "nemotron-nas: per-layer widths for vLLM, SGLang, TensorRT-LLM and MLX (LLaMA family, widths "
+              "multiples of 256)")
+    outtype: Literal["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"] | None = option(
+        None, "GGUF weight type, default f16 (norms and biases stay f32); q6_k, q5_k_m and q4_k_m run llama.cpp's "
+              "quantiser (needs llama-cpp-python)")
     tokenizer_from: str | None = option(
         None, "GGUF: copy the tokenizer from this .gguf file of the same model (default: the source GGUF when the "
               "model came from one, else tokenizer.json)")

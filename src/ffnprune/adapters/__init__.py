@@ -17,6 +17,14 @@ ADAPTERS: tuple[MlpAdapter, ...] = (
         "llama", ("llama", "mistral", "qwen2", "qwen3"), "model.layers", ("mlp.gate_proj", "mlp.up_proj"),
         "mlp.down_proj", "linear", "intermediate_size",
     ),
+    # Gemma 2 and 3 (text): gated GELU-tanh MLPs under the LLaMA names; their MLP output is normalised before the
+    # residual (post_feedforward_layernorm), which neither masking nor slicing neurons has to know.
+    MlpAdapter(
+        "gemma", ("gemma2", "gemma3_text"), "model.layers", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj",
+        "linear", "intermediate_size",
+    ),
+    MlpAdapter("phi3", ("phi3",), "model.layers", ("mlp.gate_up_proj",), "mlp.down_proj", "linear",
+               "intermediate_size", fused=2),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for adapter in ADAPTERS for t in adapter.model_types)
@@ -31,7 +39,8 @@ def adapter_for(config) -> MlpAdapter:
     raise FfnpruneError(
         f"unsupported architecture {model_type!r}: ffnprune knows the MLPs of "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}. Use a model of one of these types "
-        "(SmolLM2 is 'llama', Pythia is 'gpt_neox')."
+        "(SmolLM2 is 'llama', Pythia is 'gpt_neox'; a multimodal Gemma 3 is 'gemma3': prune its text model, "
+        "Gemma3ForCausalLM, model_type 'gemma3_text')."
     )
 
 

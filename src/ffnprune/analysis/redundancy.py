@@ -39,9 +39,11 @@ def first_order_effects(layer: nn.Module, adapter: MlpAdapter) -> torch.Tensor:
     """sum over each neuron's parameters of theta * dL/dtheta (gradients must be populated)."""
     total = 0
     for projection in adapter.input_projections(layer):
-        total = total + (adapter.rows(projection.weight) * adapter.rows(projection.weight.grad)).sum(dim=1)
+        products = [(adapter.rows(projection.weight) * adapter.rows(projection.weight.grad)).sum(dim=1)]
         if projection.bias is not None:
-            total = total + projection.bias * projection.bias.grad
+            products.append(projection.bias * projection.bias.grad)
+        for product in products:
+            total = total + sum(adapter.neuron_blocks(product))  # each block of a fused projection
     output = adapter.output_projection(layer)
     return (total + (adapter.columns(output.weight) * adapter.columns(output.weight.grad)).sum(dim=1)).detach()
 

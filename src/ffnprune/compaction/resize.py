@@ -31,9 +31,12 @@ def _resize_and_fill(layer: nn.Module, adapter: MlpAdapter, spec: dict, width: i
     resize_layer(layer, spec, width)
     with torch.no_grad():
         for old_input, new_input in zip(old_inputs, adapter.input_projections(layer)):
-            fill(adapter.input_rows(old_input), adapter.input_rows(new_input))
+            pairs = [(adapter.input_rows(old_input), adapter.input_rows(new_input))]
             if old_input.bias is not None:
-                fill(old_input.bias, new_input.bias)
+                pairs.append((old_input.bias, new_input.bias))
+            for old_rows, new_rows in pairs:
+                for old_block, new_block in zip(adapter.neuron_blocks(old_rows), adapter.neuron_blocks(new_rows)):
+                    fill(old_block, new_block)
         new_output = adapter.output_projection(layer)
         fill(adapter.output_columns(old_output), adapter.output_columns(new_output))
         if new_output.bias is not None:

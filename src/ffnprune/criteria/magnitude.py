@@ -15,11 +15,13 @@ from ffnprune.training.sharding import whole
 
 
 def neuron_norms(layer, adapter) -> torch.Tensor:
-    """[parts, N]: the L2 norm of each neuron's row in every input projection and its output column."""
+    """[parts, N]: the L2 norm of each neuron's row in every input projection (each block of a fused one) and its
+    output column."""
     with torch.no_grad():
-        parts = [adapter.input_rows(p) for p in adapter.input_projections(layer)]
-        parts.append(adapter.output_columns(adapter.output_projection(layer)))
-        return torch.stack([whole(part).float().norm(dim=1) for part in parts])  # FSDP: gather the shards
+        parts = [block for p in adapter.input_projections(layer)
+                 for block in adapter.neuron_blocks(whole(adapter.input_rows(p)))]  # FSDP: gather the shards
+        parts.append(whole(adapter.output_columns(adapter.output_projection(layer))))
+        return torch.stack([part.float().norm(dim=1) for part in parts])
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:

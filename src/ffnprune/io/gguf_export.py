@@ -9,10 +9,13 @@ find its place in the file: anything left over (an attention bias, a q/k norm) i
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from gguf.vocab import BpeVocab, SpecialVocab
 
 from ffnprune.adapters import adapter_for
 from ffnprune.errors import FfnpruneError
-from ffnprune.io.atomic import atomic_file, check_writable
+from ffnprune.io.atomic import PARTIAL_MARK, atomic_file, check_writable
 from ffnprune.io.model_card import header_summary
 from ffnprune.io.pruned_dir import read_metadata
 
@@ -36,6 +39,9 @@ OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
     "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
+# K-quant mixtures, made by llama.cpp's own quantiser (llama-cpp-python) from an F16 file: its llama_ftype names.
+QUANTISER_OUTTYPES = {"q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+                      "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 GGUF_MODEL_TYPES = ("llama", "mistral")  # the transformers classes whose layers are llama.cpp's llama/deci blocks
 # tokenizer.json pre-tokenizers that llama.cpp knows by name; others need the tokenizer of a GGUF of the same model.
 KNOWN_PRE_TOKENIZERS = {json.dumps({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
@@ -53,6 +59,7 @@ class GgufExport:
     mlp_widths: list[int]
     tokenizer_from: str
     kept_in_f16: list[str] = field(default_factory=list)
+    tensor_types: dict[str, int] = field(default_factory=dict)  # GGML type -> tensors of it (K-quant mixtures)
 
 
 def check_gguf_output(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -64,14 +71,35 @@ def check_gguf_output(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def check_quantiser(outtype: str) -> None:
+    """The K-quant outtypes need llama.cpp's quantiser, which llama-cpp-python brings."""
+    if outtype in QUANTISER_OUTTYPES and importlib.util.find_spec("llama_cpp") is None:
+        raise FfnpruneError(
+            f"--outtype {outtype} runs llama.cpp's quantiser, which comes with llama-cpp-python, not installed here: "
+            "pip install 'ffnprune[llama-cpp]' (compiles llama.cpp, about 35 min on 2 cores), or choose --outtype "
+            "q8_0, f16, bf16 or f32, which ffnprune writes itself"
+        )
+
+
 def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", *, location: str | None = None,
                 tokenizer_from: str | os.PathLike | None = None, overwrite: bool = False) -> GgufExport:
     """Write `model` (dense or compacted, any MLP widths) with its tokenizer as one GGUF file.
 
     The tokenizer is copied from `tokenizer_from` (a GGUF file of the same model), else from the GGUF the model was
     read from (`location`, or the source recorded in the pruned directory at `location`), else built from
-    `tokenizer` (byte-level BPE)."""
+    `tokenizer` (byte-level BPE). A K-quant outtype is written as F16 first, then quantised by llama.cpp."""
     out = check_gguf_output(out, overwrite)
+    check_quantiser(outtype)
+    if outtype in QUANTISER_OUTTYPES:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}{PARTIAL_MARK}f16-") as scratch:
+            f16 = export_gguf(model, tokenizer, Path(scratch) / out.name, "f16", location=location,
+                              tokenizer_from=tokenizer_from)
+            with atomic_file(out) as staging:
+                _quantise(f16.path, staging, outtype)
+            types = Counter(GGMLQuantizationType(t.tensor_type).name for t in GGUFReader(out).tensors)
+        return GgufExport(out, f16.architecture, outtype, f16.mlp_widths, f16.tokenizer_from,
+                          tensor_types=dict(sorted(types.items())))
     config = model.config
     check_exportable(config)
     widths = adapter_for(config).mlp_widths(model)
@@ -102,6 +130,19 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", 
                     "32 to avoid this): %s", len(result.kept_in_f16), outtype,
                     GGML_QUANT_SIZES[OUTTYPES[outtype][0]][0], ", ".join(result.kept_in_f16[:4]))
     return result
+
+
+def _quantise(source: Path, target: Path, outtype: str) -> None:
+    """llama.cpp's llama_model_quantize: its K-quant mixture, with its own fallbacks for rows that do not split into
+    256-value blocks."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTISER_OUTTYPES[outtype])
+    params.nthread = os.cpu_count() or 1
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if code != 0:
+        raise FfnpruneError(f"llama.cpp's quantiser failed on {source.name} (code {code}); its log above says why")
 
 
 def check_exportable(config) -> None:
@@ -312,4 +353,5 @@ def _write_bpe_tokenizer(writer: GGUFWriter, directory: Path, vocab_size: int) -
     SpecialVocab(directory, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
 
 
-__all__ = ["OUTTYPES", "GgufExport", "check_exportable", "check_gguf_output", "check_tokenizer_gguf", "export_gguf"]
+__all__ = ["OUTTYPES", "QUANTISER_OUTTYPES", "GgufExport", "check_exportable", "check_gguf_output", "check_quantiser",
+           "check_tokenizer_gguf", "export_gguf"]

@@ -108,7 +108,8 @@ def resize_layer(layer, spec, width):
     for path in spec["inputs"]:
         old = layer.get_submodule(path)
         hidden, _ = projection_features(layout, old)
-        layer.set_submodule(path, new_projection(layout, hidden, width, like=old))
+        # a fused projection (Phi-3's gate_up_proj) stacks `fused` blocks of `width` rows
+        layer.set_submodule(path, new_projection(layout, hidden, width * spec.get("fused", 1), like=old))
     old = layer.get_submodule(spec["output"])
     _, hidden = projection_features(layout, old)
     layer.set_submodule(spec["output"], new_projection(layout, width, hidden, like=old,

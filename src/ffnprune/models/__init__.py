@@ -9,10 +9,11 @@ from ffnprune.models.resolve import (
     load_model,
     load_tokenizer,
     model_positions,
+    peek_config,
     peek_model,
     pick_device,
     stored_dtype,
 )
 
 __all__ = ["SMOLLM2_ALIAS", "LoadedModel", "ModelShape", "check_model_spec", "fit_context", "load_model",
-           "load_tokenizer", "model_positions", "peek_model", "pick_device", "stored_dtype"]
+           "load_tokenizer", "model_positions", "peek_config", "peek_model", "pick_device", "stored_dtype"]

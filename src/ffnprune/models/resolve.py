@@ -211,25 +211,32 @@ class ModelShape:
     mlp_parameters: int
 
 
-def peek_model(spec: str) -> ModelShape | None:
-    """MODEL's MLP widths and parameter count without loading its weights (None for a hub id: that needs the
-    network, and the load itself reports what is wrong)."""
+def peek_config(spec: str) -> tuple[object, list[int]] | None:
+    """A model directory's config and MLP widths, read without its weights (None for a .gguf file, a hub id or a
+    directory whose config cannot be read: the load reports what is wrong)."""
     location = _local_location(spec)
-    if not location.exists():
-        return None
-    if location.is_file():
-        return _peek_gguf(location)
     if not (location / "config.json").is_file():
         return None
     try:
         config = _directory_config(location)
     except (OSError, ValueError, KeyError):
-        return None  # the load says what is wrong with it
+        return None
     if getattr(config, "ffnprune", None):
-        widths = list(config.ffnprune["mlp_widths"])
-    else:
-        with torch.device("meta"):
-            widths = adapter_for(config).mlp_widths(transformers.AutoModelForCausalLM.from_config(config))
+        return config, list(config.ffnprune["mlp_widths"])
+    with torch.device("meta"):
+        return config, adapter_for(config).mlp_widths(transformers.AutoModelForCausalLM.from_config(config))
+
+
+def peek_model(spec: str) -> ModelShape | None:
+    """MODEL's MLP widths and parameter count without loading its weights (None for a hub id: that needs the
+    network, and the load itself reports what is wrong)."""
+    location = _local_location(spec)
+    if location.is_file():
+        return _peek_gguf(location)
+    peeked = peek_config(spec)
+    if peeked is None:
+        return None
+    config, widths = peeked
     from safetensors import safe_open
 
     adapter = adapter_for(config)
@@ -238,9 +245,11 @@ def peek_model(spec: str) -> ModelShape | None:
     for weights in location.glob("*.safetensors"):
         try:
             with safe_open(weights, "pt") as handle:
-                counts.update({name: _count(handle.get_slice(name).get_shape()) for name in handle.keys()})
+                shapes = {name: handle.get_slice(name).get_shape() for name in handle.keys()}
         except Exception:  # a damaged file: the load names what is wrong with it
             return None
+        _check_fused_rows(adapter, shapes, weights)
+        counts.update({name: _count(shape) for name, shape in shapes.items()})
     return ModelShape(widths, sum(counts.values()),
                       sum(n for name, n in counts.items() if any(p in name for p in projections)))
 
@@ -272,6 +281,19 @@ def _directory_config(location: Path):
 
         return FfnprunedConfig.from_pretrained(location)
     return transformers.AutoConfig.from_pretrained(location)
+
+
+def _check_fused_rows(adapter: MlpAdapter, shapes: dict[str, list[int]], file: Path) -> None:
+    """A fused input projection (Phi-3's gate_up_proj) must split into equal gate and up halves."""
+    if adapter.fused == 1:
+        return
+    for name, shape in shapes.items():
+        if any(name.endswith(f".{path}.weight") for path in adapter.inputs) and shape[0] % adapter.fused:
+            raise FfnpruneError(
+                f"{file.name}: {name} has {shape[0]} rows, which do not split into {adapter.fused} equal blocks "
+                f"(gate rows, then up rows, as {adapter.name} stores them); the checkpoint is damaged or was edited. "
+                "Restore it from its source"
+            )
 
 
 def _count(shape) -> int:

@@ -75,8 +75,10 @@ class NeuronMasks:
         # Conv1D stores the transpose.
         neuron_axis = 0 if rows == isinstance(projection, nn.Linear) else 1
 
+        blocks = self.adapter.fused if rows else 1  # a fused input projection repeats the mask per block
+
         def forward(x: torch.Tensor) -> torch.Tensor:
-            mask = self.masks[index].to(projection.weight.dtype)
+            mask = self.masks[index].to(projection.weight.dtype).repeat(blocks)
             weight = projection.weight * (mask[:, None] if neuron_axis == 0 else mask[None, :])
             bias = projection.bias
             if rows and bias is not None:
