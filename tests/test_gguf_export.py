@@ -5,6 +5,7 @@ files in tests/llama_cpp (make test-llama-cpp)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -210,3 +211,62 @@ def test_the_smollm2_gguf_reads_as_transformers_reads_it(smollm2):
     ours = smollm2.model.state_dict()
     assert set(ours) == set(reference)
     assert all(torch.equal(ours[name], reference[name]) for name in ours)
+
+
+def test_phi3_gguf_keeps_gate_and_up_halves_each_padded_to_the_widest_layer(tmp_path, tiny_model_dir):
+    """llama.cpp's phi3 splits ffn_up into gate rows, then up rows, at one width: each half of every layer's fused
+    projection is padded on its own, and the padding is zero."""
+    pruned = _prune(tiny_model_dir("phi3"), tmp_path / "pruned", "--layer-keep", "0:0.25,1:1")
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    reader, model = GGUFReader(out), load_pruned(pruned)
+    widths = model.config.ffnprune["mlp_widths"]
+    widest = max(widths)
+    assert _field(reader, "general.architecture") == "phi3" and _field(reader, "phi3.feed_forward_length") == widest
+    fused = model.model.layers[0].mlp.gate_up_proj.weight.detach().numpy()
+    written = _tensor(reader, "blk.0.ffn_up.weight")
+    width = widths[0]
+    assert written.shape == (2 * widest, fused.shape[1]) and width < widest
+    np.testing.assert_array_equal(written[:width], fused[:width])  # gate rows
+    np.testing.assert_array_equal(written[widest:widest + width], fused[width:])  # up rows
+    assert not written[width:widest].any() and not written[widest + width:].any()
+    down = _tensor(reader, "blk.0.ffn_down.weight")
+    assert down.shape[1] == widest and not down[:, width:].any()
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
+def test_gemma_gguf_stores_norms_as_llama_cpp_scales_them(tmp_path, tiny_model_dir, model_type):
+    """Gemma's RMSNorm multiplies by (1 + w) and llama.cpp's by w: every norm is written plus one."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir(model_type))
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(tiny_model_dir(model_type)), "--format", "gguf", "--outtype", "f32", "--out",
+                 str(out)]) == 0
+    reader = GGUFReader(out)
+    assert _field(reader, "general.architecture") == model_type[:6]
+    layer = model.model.layers[1]
+    for name, norm in (("blk.1.attn_norm.weight", layer.input_layernorm), ("blk.1.post_ffw_norm.weight",
+                                                                          layer.post_feedforward_layernorm),
+                       ("output_norm.weight", model.model.norm)):
+        np.testing.assert_allclose(_tensor(reader, name), norm.weight.detach().numpy() + 1, rtol=1e-6)
+    assert len(reader.tensors) == len(list(model.parameters())) - ("lm_head.weight" in dict(model.named_parameters()))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"query_pre_attn_scalar": 256}, "query_pre_attn_scalar is 256, and llama.cpp scales attention by 1/sqrt(8)"),
+    ({"final_logit_softcapping": None}, "a logit soft-capping is switched off"),
+    ({"layer_types": ["full_attention", "sliding_attention"] * 2}, "do not alternate sliding-window (even)"),
+])
+def test_gemma2_gguf_refuses_what_llama_cpp_would_run_differently(tiny_model_dir, tmp_path, change, message):
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("gemma2"))
+    for key, value in change.items():
+        setattr(model.config, key, value)
+    with pytest.raises(FfnpruneError, match=re.escape(message)):
+        export_gguf(model, None, tmp_path / "m.gguf")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_reconstruction_bias_is_refused_for_gemma_gguf(tiny_model_dir, tmp_path, data_dir):
+    pruned = _prune(tiny_model_dir("gemma3_text"), tmp_path / "pruned", "--method", "obs", "--calibration-tokens",
+                    "256", "--calibration-context", "32", "--data", str(data_dir))
+    with pytest.raises(FfnpruneError, match="prune with --reconstruct none for llama.cpp"):
+        export_gguf(load_pruned(pruned), None, tmp_path / "m.gguf")

@@ -81,3 +81,24 @@ def test_a_k_quant_export_is_llama_cpps_own_mixture_and_runs_close_to_the_model(
         logits = np.array(model.scores[: model.n_tokens])
     # a wrong layout or lost tensor decorrelates the logits; quantisation only blurs them (q4_k_m: 0.998 here)
     assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("model_type, architecture", [("gemma2", "gemma2"), ("gemma3_text", "gemma3"),
+                                                      ("phi3", "phi3")])
+def test_llama_cpp_runs_gemma_and_phi3_exports_as_transformers_runs_the_pruned_model(tmp_path, tiny_model_dir,
+                                                                                      model_type, architecture):
+    """Per-layer widths (padded to the widest with zero neurons), Gemma's (1 + w) norms, its sliding-window layers
+    (24 tokens, a window of 8) and Phi-3's fused gate_up_proj, as llama.cpp's own architectures run them."""
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(tiny_model_dir(model_type)), "--method", "magnitude", "--keep", "0.5", "--layer-keep",
+                 "0:0.25,1:1", "--out", str(pruned)]) == 0
+    out = tmp_path / "model.gguf"  # llama.cpp expects Phi-3's own special tokens in a file whose name says phi3
+    assert main(["export", str(pruned), "--format", "gguf", "--outtype", "f32", "--out", str(out)]) == 0
+    ids = torch.randint(0, 1000, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_pruned(pruned).eval()(ids).logits[0].numpy()
+    with llama(out, logits_all=True) as model:
+        assert model.metadata["general.architecture"] == architecture
+        model.eval(ids[0].tolist())
+        logits = np.array(model.scores[: model.n_tokens])
+    assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())

@@ -23,12 +23,10 @@ def vllm_width(ffn_mult: float, hidden: int) -> int:
     return width if width % 256 == 0 else width + 256 - width % 256
 
 
-@pytest.fixture(scope="module")
-def dense_dir(tmp_path_factory, gpt2_tokenizer):
+def save_wide_llama(directory, tokenizer):
     """A small LLaMA whose MLPs are wide enough for widths in multiples of 256, saved with its tokenizer."""
-    directory = tmp_path_factory.mktemp("nas") / "dense"
     config = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=WIDTH, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=len(gpt2_tokenizer),
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
                                       max_position_embeddings=64, rope_theta=50000.0, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
@@ -36,8 +34,13 @@ def dense_dir(tmp_path_factory, gpt2_tokenizer):
         for parameter in model.parameters():
             parameter.mul_(1 + 0.1 * torch.randn_like(parameter))
     model.save_pretrained(directory)
-    gpt2_tokenizer.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def dense_dir(tmp_path_factory, gpt2_tokenizer):
+    return save_wide_llama(tmp_path_factory.mktemp("nas") / "dense", gpt2_tokenizer)
 
 
 def prune_and_export(dense, root, data_dir, *options):

@@ -29,11 +29,16 @@ def tiny_config(model_type: str, vocab_size: int = VOCAB):
         )
     gated = dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=64, **common)
-    if model_type in ("gemma2", "gemma3_text"):
-        # head_dim is its own setting in Gemma; layers alternate sliding-window (8 tokens) and full attention
-        classes = {"gemma2": transformers.Gemma2Config, "gemma3_text": transformers.Gemma3TextConfig}
-        return classes[model_type](**gated, head_dim=8, sliding_window=8,
-                                   layer_types=["sliding_attention", "full_attention"] * 2)
+    if model_type == "gemma2":
+        # head_dim is its own setting in Gemma, and the query scale follows it (as llama.cpp assumes); layers
+        # alternate sliding-window (8 tokens) and full attention
+        return transformers.Gemma2Config(**gated, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+                                         layer_types=["sliding_attention", "full_attention"] * 2)
+    if model_type == "gemma3_text":
+        # as released: every sixth layer global, the others a sliding window (which mlx-lm and llama.cpp assume)
+        kinds = ["sliding_attention"] * 5 + ["full_attention"]
+        return transformers.Gemma3TextConfig(**{**gated, "num_hidden_layers": 6}, head_dim=8, query_pre_attn_scalar=8,
+                                             sliding_window=8, layer_types=kinds)
     if model_type == "phi3":
         return transformers.Phi3Config(**gated, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     classes = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,

@@ -4,7 +4,9 @@ llama.cpp's `llama` architecture builds every layer at one MLP width (layer 0's)
 different numbers of neurons is written as the `deci` architecture, whose `feed_forward_length` is a per-layer
 array (llama.cpp `src/models/deci.cpp`); equal widths are written as plain `llama`. Both read an optional
 `ffn_down.bias`, which carries the output bias that one-shot reconstruction adds. Every parameter of the model must
-find its place in the file: anything left over (an attention bias, a q/k norm) is an error, never dropped.
+find its place in the file: anything left over (an attention bias, a q/k norm) is an error, never dropped. Gemma 2,
+Gemma 3 and Phi-3 are written as llama.cpp's own architectures (io/gguf_families.py). K-quant outtypes (q4_k_m,
+q5_k_m, q6_k) are llama.cpp's own mixtures: an F16 file is written, then run through its quantiser.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gguf.vocab import BpeVocab, SpecialVocab
 from ffnprune.adapters import adapter_for
 from ffnprune.errors import FfnpruneError
 from ffnprune.io.atomic import PARTIAL_MARK, atomic_file, check_writable
+from ffnprune.io.gguf_families import FAMILIES, check_no_bias, family_tensors
 from ffnprune.io.model_card import header_summary
 from ffnprune.io.pruned_dir import read_metadata
 
@@ -101,22 +104,34 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, outtype: str = "f16", 
         return GgufExport(out, f16.architecture, outtype, f16.mlp_widths, f16.tokenizer_from,
                           tensor_types=dict(sorted(types.items())))
     config = model.config
+    family = FAMILIES.get(getattr(config, "model_type", None))
     check_exportable(config)
     widths = adapter_for(config).mlp_widths(model)
-    architecture = "llama" if len(set(widths)) == 1 and widths[0] > 0 else "deci"
+    if family is not None:
+        check_no_bias(model, family)
+        architecture = family.architecture
+    else:
+        architecture = "llama" if len(set(widths)) == 1 and widths[0] > 0 else "deci"
     metadata = read_metadata(location) if location and Path(location).is_dir() else {}
     gguf_source = _tokenizer_gguf(tokenizer_from, location, metadata)
     result = GgufExport(out, architecture, outtype, widths, str(gguf_source or "tokenizer.json"))
     with atomic_file(out) as staging:
         writer = GGUFWriter(staging, architecture)
-        _write_hyperparameters(writer, config, widths, outtype, Path(out).stem)
+        _write_file_type(writer, outtype, Path(out).stem)
+        if family is not None:
+            family.hyperparameters(writer, config)
+            writer.add_feed_forward_length(max(1, *widths))  # one width: narrower layers padded with zero neurons
+            tensors = family_tensors(model, family, max(1, *widths))
+        else:
+            _write_hyperparameters(writer, config, widths)
+            tensors = _gguf_tensors(model, widths)
         for name, value in header_summary(metadata, widths).items():
             writer.add_string(f"{name}.summary", value)
         if gguf_source is not None:
             _copy_tokenizer(writer, gguf_source, config.vocab_size)
         else:
             _build_tokenizer(writer, tokenizer, config.vocab_size)
-        for name, tensor in _gguf_tensors(model, widths):
+        for name, tensor in tensors:
             _add_tensor(writer, name, tensor, outtype, result)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -146,13 +161,17 @@ def _quantise(source: Path, target: Path, outtype: str) -> None:
 
 
 def check_exportable(config) -> None:
-    """The llama/deci blocks of llama.cpp hold this model exactly, or an error says what they cannot hold."""
+    """llama.cpp's blocks hold this model exactly, or an error says what they cannot hold."""
     model_type = getattr(config, "model_type", None)  # a loaded pruned model has its source's config class
+    if model_type in FAMILIES:
+        FAMILIES[model_type].check(config)
+        return
     if model_type not in GGUF_MODEL_TYPES:
         raise FfnpruneError(
             f"GGUF export writes llama.cpp's llama/deci architectures, which hold {', '.join(GGUF_MODEL_TYPES)} "
-            f"models, not {model_type!r}; for a {model_type} model with equal widths use `export --format uniform`"
-            " and llama.cpp's convert_hf_to_gguf.py"
+            f"models, and its {', '.join(f.architecture for f in FAMILIES.values())} ones, not {model_type!r}; for "
+            f"a {model_type} model with equal widths use `export --format uniform` and llama.cpp's "
+            "convert_hf_to_gguf.py"
         )
     activation = getattr(config, "hidden_act", "silu")
     if activation != "silu":
@@ -177,9 +196,15 @@ def _rope(config) -> dict:
                if getattr(config, "rope_scaling", None) else {})}
 
 
-def _write_hyperparameters(writer: GGUFWriter, config, widths: list[int], outtype: str, name: str) -> None:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+def _write_file_type(writer: GGUFWriter, outtype: str, name: str) -> None:
     writer.add_name(name)
+    writer.add_file_type(OUTTYPES[outtype][1])
+    if outtype == "q8_0":
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _write_hyperparameters(writer: GGUFWriter, config, widths: list[int]) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(_exact_context(config))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -193,9 +218,6 @@ def _write_hyperparameters(writer: GGUFWriter, config, widths: list[int], outtyp
     writer.add_rope_freq_base(float(_rope(config)["rope_theta"]))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(OUTTYPES[outtype][1])
-    if outtype == "q8_0":
-        writer.add_quantization_version(GGML_QUANT_VERSION)
 
 
 def _exact_context(config) -> int:
