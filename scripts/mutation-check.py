@@ -1,4 +1,4 @@
-"""Break the one-shot and recovery numerics on purpose, one mutation at a time, and check that a test fails.
+"""Break the one-shot, recovery and export numerics on purpose, one mutation at a time, and check that a test fails.
 
 Each mutation replaces one piece of source text in a copy of src/ and tests/ (the working tree is never touched) and
 runs the named tests there; a mutation that every test survives is a hole in the tests. Writes a Markdown table.
@@ -72,6 +72,21 @@ MUTATIONS = {
         "squares = squares + (norm.full_tensor() if isinstance(norm, DTensor) else norm)", FSDP_TESTS),
     "FSDP: optimizer shards not restored on resume": (
         "src/ffnprune/training/checkpoint.py", "    state.update(restored)\n", "", FSDP_TESTS),
+    "Phi-3: the neuron mask not repeated for the up half of gate_up_proj": (
+        "src/ffnprune/pruning/masks.py", ".repeat(blocks)", ".repeat(1)",
+        "tests/test_finepruning_mechanics.py -k movement_formula"),
+    "Phi-3: sensitivity from the gate half only": (
+        "src/ffnprune/analysis/redundancy.py", "total = total + sum(adapter.neuron_blocks(product))",
+        "total = total + adapter.neuron_blocks(product)[0]", "tests/test_analysis.py -k first_order"),
+    "Phi-3 GGUF: the fused projection padded as one matrix": (
+        "src/ffnprune/io/gguf_families.py", "torch.cat([_pad(block, width) for block in adapter.neuron_blocks(rows)])",
+        "_pad(rows, width * adapter.fused)", "tests/test_gguf_export.py -k phi3"),
+    "Gemma GGUF: norms written without the + 1": (
+        "src/ffnprune/io/gguf_families.py", "            tensor = tensor + 1\n", "            tensor = tensor + 0\n",
+        "tests/test_gguf_export.py -k gemma"),
+    "Nemotron-NAS: a layer left only its reconstruction bias written as no_op": (
+        "src/ffnprune/io/nemotron_nas.py", "if width == 0 and (down.bias is None or not bool(down.bias.any())):",
+        "if width == 0:", "tests/test_nemotron_nas.py"),
 }
 
 
