@@ -140,6 +140,8 @@ CASES = (
     Case("Nemotron-NAS export of a llama config whose MLP is not SiLU",
          ("export", "{tmp}/gelu", "--format", "nemotron-nas", "--out", "{tmp}/nas"),
          "hidden_act is 'gelu_pytorch_tanh', and the Nemotron-NAS MLP is SiLU-gated"),
+    Case("a Nemotron-NAS export given as the model to prune", ("prune", "{tmp}/nas-export", "--out", "{tmp}/out"),
+         "is a Nemotron-NAS export, written for vLLM, SGLang, TensorRT-LLM and MLX"),
     Case("Phi-3 checkpoint whose fused gate_up_proj has an odd number of rows",
          ("prune", "{tmp}/phi3-odd", "--method", "magnitude", "--out", "{tmp}/out"),
          "model.layers.1.mlp.gate_up_proj.weight has 159 rows, which do not split into 2 equal blocks"),
@@ -292,6 +294,10 @@ def prepare(tmp: Path, dense: Path, data: Path) -> dict[str, str]:
             shard.unlink()
         else:
             shard.write_bytes(shard.read_bytes()[:-100])
+    (tmp / "nas-export").mkdir()  # as export --format nemotron-nas writes it, with its configuration file
+    (tmp / "nas-export" / "config.json").write_text(json.dumps({
+        "model_type": "nemotron-nas", "architectures": ["DeciLMForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_decilm.DeciLMConfig"}}))
     phi3 = tmp / "phi3-odd"  # one row cut off layer 1's gate_up_proj (160 rows: gate 80, up 80)
     tiny_model("phi3", vocab_size=_vocab_size(dense)).save_pretrained(phi3)
     for path in dense.glob("*token*"):

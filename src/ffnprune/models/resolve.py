@@ -92,7 +92,7 @@ def _load_directory(path: Path, dtype) -> tuple[nn.Module, object]:
         model = load_pruned(path, dtype=dtype)
     else:
         try:
-            config = transformers.AutoConfig.from_pretrained(path)
+            config = _stock_config(path)
         except (OSError, ValueError) as error:
             raise FfnpruneError(f"could not read {path / 'config.json'}: {error}") from error
         adapter_for(config)
@@ -280,7 +280,17 @@ def _directory_config(location: Path):
         from ffnprune.io.remote_modeling import FfnprunedConfig
 
         return FfnprunedConfig.from_pretrained(location)
-    return transformers.AutoConfig.from_pretrained(location)
+    return _stock_config(location)
+
+
+def _stock_config(location: Path):
+    """config.json through transformers, never running code shipped beside it (and never asking whether to)."""
+    if json.loads((location / "config.json").read_text()).get("model_type") == "nemotron-nas":
+        raise FfnpruneError(
+            f"{location} is a Nemotron-NAS export, written for vLLM, SGLang, TensorRT-LLM and MLX; ffnprune reads the "
+            "pruned directory it was exported from (its pruning.json names it under nemotron_nas_export.from)"
+        )
+    return transformers.AutoConfig.from_pretrained(location, trust_remote_code=False)
 
 
 def _check_fused_rows(adapter: MlpAdapter, shapes: dict[str, list[int]], file: Path) -> None:
