@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=2048, help="MLX's CPU build runs ~7 tokens/s here")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--files", default="out/serving/exports", help="where the exports are written")
+    parser.add_argument("--exports", nargs="+", default=["nemotron-nas", "uniform"],
+                        choices=["nemotron-nas", "uniform"])
     parser.add_argument("--out", default="results/serving")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -62,17 +64,20 @@ def main() -> None:
             ids = token_ids(loaded.tokenizer, text, args.max_tokens)
             blocks = Examples.blocks(ids, args.context).input_ids
         reference = block_perplexity(loaded.model, ids, args.context)["perplexity"]
-        exports = {"nemotron-nas": Path(args.files) / f"{name}-nemotron-nas"}
-        written = export_nemotron_nas(loaded.model, loaded.tokenizer, exports["nemotron-nas"],
-                                      location=loaded.location, dtype=loaded.source_dtype or "bfloat16",
-                                      overwrite=True)
-        if is_pruned_directory(spec):
+        widths = loaded.adapter.mlp_widths(loaded.model)
+        bias = any(loaded.adapter.output_projection(layer).bias is not None
+                   for layer in loaded.adapter.decoder_layers(loaded.model))
+        exports = {}
+        if "nemotron-nas" in args.exports:
+            exports["nemotron-nas"] = export_nemotron_nas(
+                loaded.model, loaded.tokenizer, Path(args.files) / f"{name}-nemotron-nas", location=loaded.location,
+                dtype=loaded.source_dtype or "bfloat16", overwrite=True).path
+        if "uniform" in args.exports and is_pruned_directory(spec):
             exports["uniform"] = export_uniform(spec, Path(args.files) / f"{name}-uniform", overwrite=True)
         del loaded
         for kind, directory in exports.items():
             row = {"model": name, "source": spec, "export": kind, "directory": str(directory),
-                   "mlp_widths": f"{min(written.mlp_widths)}-{max(written.mlp_widths)}",
-                   "mlp_bias": written.mlp_bias, "transformers_ppl": reference}
+                   "mlp_widths": f"{min(widths)}-{max(widths)}", "mlp_bias": bias, "transformers_ppl": reference}
             row["mlx_ppl"], row["mlx_tokens_per_s"] = mlx_perplexity(directory, blocks, "float32")
             row["ppl_vs_transformers"] = row["mlx_ppl"] / reference - 1
             print(json.dumps(row), flush=True)
@@ -90,6 +95,11 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "mlx.json").exists():  # rows of earlier runs stay, unless this run measured them again
+        measured = {(r["model"], r["export"]) for r in rows}
+        earlier = json.loads((out / "mlx.json").read_text())["rows"]
+        rows[:0] = [r for r in earlier if (r["model"], r["export"]) not in measured]
+        result["rows"] = rows
     (out / "mlx.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| model | export | MLP widths | MLP bias | ppl transformers | ppl MLX | difference | MLX CPU tok/s |",
              "|" + "---|" * 8]

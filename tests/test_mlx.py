@@ -61,3 +61,15 @@ def test_mlx_runs_the_uniform_export(tiny_model_dir, tmp_path, model_type):
     length = 8 if model_type == "gemma2" else 24
     ids = torch.randint(0, 1000, (2, length), generator=torch.Generator().manual_seed(0))
     assert np.abs(mlx_logits(uniform, ids) - transformers_logits(pruned, ids)).max() <= TOLERANCE
+
+
+def test_mlx_runs_the_uniform_export_with_a_bias_and_a_rotary_base_of_its_own(wide_llama, data_dir, tmp_path):
+    """The reconstruction's MLP bias (mlp_bias) and a rotary base other than mlx-lm's default (50,000 here; SmolLM2's
+    is 100,000): the stock config spells rope_theta, which mlx-lm reads, beside transformers 5's rope_parameters."""
+    pruned, uniform = tmp_path / "pruned", tmp_path / "uniform"
+    assert main(["prune", str(wide_llama), "--method", "obs", "--keep", "0.5", "--layer-keep", "0:0.25", "--data",
+                 str(data_dir), "--calibration-tokens", "256", "--calibration-context", "32", "--out",
+                 str(pruned)]) == 0
+    assert main(["export", str(pruned), "--format", "uniform", "--out", str(uniform)]) == 0
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert np.abs(mlx_logits(uniform, ids) - transformers_logits(pruned, ids)).max() <= TOLERANCE

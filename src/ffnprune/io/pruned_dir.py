@@ -143,10 +143,27 @@ def export_uniform(directory: str | os.PathLike, out: str | os.PathLike, overwri
     }
     with atomic_directory(out, overwrite) as staging:
         _save_plain(model, tokenizer, staging)
+        _add_legacy_rope_keys(staging / "config.json")
         write_json_atomic(staging / METADATA_FILE, metadata)
         (staging / CARD_FILE).write_text(model_card(metadata, [width] * len(spec["mlp_widths"]), Path(out).name,
                                                     remote_code=False))
     return Path(out)
+
+
+def _add_legacy_rope_keys(path: Path) -> None:
+    """transformers 5 saves the rotary settings as `rope_parameters` only; runtimes that read configs themselves
+    (mlx-lm 0.32, older vLLM and converters) read `rope_theta` and `rope_scaling`, and without them take their own
+    default base: the stock export spells both (Gemma 3's local base as `rope_local_base_freq`)."""
+    values = json.loads(path.read_text())
+    rope = values.get("rope_parameters") or {}
+    if "full_attention" in rope:  # per attention kind (Gemma 3)
+        values.setdefault("rope_local_base_freq", rope.get("sliding_attention", {}).get("rope_theta"))
+        rope = rope["full_attention"]
+    if "rope_theta" in rope:
+        values.setdefault("rope_theta", rope["rope_theta"])
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        values.setdefault("rope_scaling", scaling if scaling.get("rope_type", "default") != "default" else None)
+    write_json_atomic(path, values)
 
 
 def _stock_mlp_bias(model: nn.Module, adapter, directory) -> None:
