@@ -122,3 +122,62 @@ def test_a_cell_killed_mid_way_continues_from_its_checkpoint(tiny_model_dir, dat
     assert any("resumed from" in line and "step 3" in line for line in said)
     log = [json.loads(line) for line in (cells / "wikitext-gum-k0.5-nokd-s0.log.jsonl").read_text().splitlines()]
     assert [record["step"] for record in log] == [1, 2, 3, 4, 5, 6]
+
+
+MINIATURE = """
+name: mini-v2
+model: {model}
+tasks: [wikitext, samsum, wikisql, e2e]
+seeds: [0]
+options: {{steps: 2, context: 64, batch_size: 2, mu: 1.0, train_rows: 8}}
+task_options: {{wikitext: {{train_rows: 4}}}}
+grids:
+  - {{methods: [gum], keeps: [0.5], tasks: [wikitext, samsum, wikisql, e2e]}}
+  - {{methods: [obs], keeps: [0.25], tasks: [samsum]}}
+evaluate: {{max_tokens: 256, context: 64, stride: 32, batch_size: 4}}
+task_evaluate:
+  samsum: {{limit: 3, sample_seed: 0, num_beams: 1, max_new_tokens: 6, context: 64}}
+  wikisql: {{limit: 3, sample_seed: 0, num_beams: 1, max_new_tokens: 6, context: 64}}
+  e2e: {{limit: 3, sample_seed: 0, num_beams: 1, max_new_tokens: 6, context: 64}}
+analyze: {{max_tokens: 128, context: 32}}
+"""
+
+
+def test_a_miniature_of_the_v2_plan_runs_every_task_with_its_generation_metrics(capsys, tiny_model_dir, data_dir,
+                                                                                 tmp_path):
+    """Per-grid tasks, per-task options and evaluation, a seeded test subset, a fixed subset of the validation rows,
+    and one-shot obs + recovery as a cell: through `ffnprune study`, every task's own metrics recorded."""
+    path = tmp_path / "study.yaml"
+    path.write_text(MINIATURE.format(model=tiny_model_dir("llama")))
+    assert [c.name for c in read_study(path).cells] == [
+        "wikitext-gum-k0.5-nokd-s0", "samsum-gum-k0.5-nokd-s0", "wikisql-gum-k0.5-nokd-s0", "e2e-gum-k0.5-nokd-s0",
+        "samsum-obs-k0.25-nokd-s0"]
+    argv = ["study", "--config", str(path), "--data", str(data_dir), "--results", str(tmp_path / "results"),
+            "--models", str(tmp_path / "models")]
+    assert main(argv) == 0, capsys.readouterr().err
+    records = {r["cell"]: r for r in json.loads((tmp_path / "results" / "mini-v2" / "results.json").read_text())}
+    assert len(records) == 4 + 5
+    metrics = {task: set(records[f"{task}-gum-k0.5-nokd-s0"]["evaluation"]["metrics"]) for task in
+               ("samsum", "wikisql", "e2e")}
+    assert {"rouge1", "rouge2", "rougeL"} <= metrics["samsum"] and "exact_match" in metrics["wikisql"]
+    assert {"bleu", "nist", "meteor", "rougeL", "cider"} <= metrics["e2e"]
+    for task in ("samsum", "wikisql", "e2e"):
+        evaluation = records[f"{task}-dense"]["evaluation"]
+        assert evaluation["items"] == 3 and evaluation["sample_seed"] == 0
+    assert records["samsum-gum-k0.5-nokd-s0"]["protocol"]["train_rows"] == 8
+    assert records["wikitext-gum-k0.5-nokd-s0"]["protocol"]["train_rows"] == 4
+    obs = records["samsum-obs-k0.25-nokd-s0"]
+    assert obs["keep_actual"] == pytest.approx(0.25, abs=0.02) and 0 <= obs["uniqueness"] <= 1
+
+
+def test_a_seeded_test_subset_is_the_same_items_for_every_model_and_not_the_first(data_dir):
+    from ffnprune.config import EvaluateConfig
+    from ffnprune.evaluation.run import check_data, select_items
+
+    drawn = select_items(819, 50, seed=0)
+    assert drawn == select_items(819, 50, seed=0) and drawn == sorted(set(drawn)) and len(drawn) == 50
+    assert drawn != list(range(50)) and max(drawn) > 700  # spread over the split, not its head
+    assert select_items(819, 50, seed=1) != drawn
+    assert select_items(819, 50, seed=None) == list(range(50)) and select_items(10, None, None) == list(range(10))
+    with pytest.raises(FfnpruneError, match="give --limit N too"):
+        check_data(EvaluateConfig(task="samsum", data=str(data_dir), sample_seed=0))

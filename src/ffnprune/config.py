@@ -155,6 +155,8 @@ class PruneConfig:
     task: str = option("wikitext", "task to fine-prune on")
     data: str | None = option(None, "task data folder or file (default: ../shared/data)")
     train_split: str = option("validation", "split to fine-prune on (offline, only validation and test exist)")
+    train_rows: Count | None = option(None, "fine-prune on N rows (or WikiText blocks) of the train split, the same "
+                                            "N for every run (drawn with seed 0, not --seed)")
     eval_split: str = option("test", "split for periodic and final evaluation")
     loss_on_prompt: bool = option(False, "let prompt tokens carry the loss too (the authors' SAMSum variant)")
     strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
@@ -190,6 +192,8 @@ class EvaluateConfig:
     overwrite: bool = option(False, "replace --out if it exists")
     limit: Count | None = option(None, "evaluate the first N items only (generation and zero-shot tasks; WikiText: "
                                        "use --max-tokens)")
+    sample_seed: int | None = option(None, "generation tasks, with --limit N: N items drawn with this seed from the "
+                                           "whole split instead of the first N (the same N for every model)")
     strict: bool = option(False, "stop at the first malformed data row instead of skipping it")
     num_beams: Count = option(10, "beam-search width")
     length_penalty: float = option(0.9, "beam-search length penalty")

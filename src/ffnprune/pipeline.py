@@ -170,6 +170,9 @@ def check_training_data(config: PruneConfig) -> None:
         parse_sources(settings.train_data)
     if config.distill.distill_loss == "kl" and not config.distill.distill:
         raise FfnpruneError("--distill-loss kl trains on the teacher's logits alone: add --distill")
+    if config.train_rows and (settings.train_data is not None or config.steps == 0):
+        raise FfnpruneError("--train-rows draws rows of the task's train split to fine-prune on; it applies with "
+                            "--steps N and without --train-data")
 
 
 def check_widths_and_space(config: PruneConfig, method: Method) -> None:
@@ -562,6 +565,7 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
 
 
 PACKED_TOKENS = "train_tokens.bin"
+TRAIN_ROWS_SEED = 0  # --train-rows draws the same rows for every run, whatever its --seed
 PACKED_RECORD = "train_data.json"
 
 
@@ -572,8 +576,13 @@ def _training_data(config: PruneConfig, loaded: LoadedModel, teacher, workdir: P
     if settings.train_data is None:
         examples = task_examples(config.task, loaded.tokenizer, config.data, config.train_split, length,
                                  loss_on_prompt=config.loss_on_prompt, strict=config.strict)
+        subset = {}
+        if config.train_rows:
+            subset = {"train_rows": min(config.train_rows, len(examples)), "train_rows_of": len(examples),
+                      "train_rows_seed": TRAIN_ROWS_SEED}
+            examples = examples.sample(config.train_rows, TRAIN_ROWS_SEED)
         return examples, {"task": config.task, **data_record(config.task, config.data, config.train_split),
-                          "train_split": config.train_split}
+                          "train_split": config.train_split, **subset}
     packed, described = workdir / PACKED_TOKENS, workdir / PACKED_RECORD
     # The barrier is outside the test: a process that saw the main one's finished file would otherwise skip it.
     if state.is_main_process and not described.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -74,11 +75,20 @@ def fit_generation(model, settings: GenerationSettings) -> GenerationSettings:
     return fitted
 
 
+def select_items(total: int, limit: int | None, seed: int | None) -> list[int]:
+    """The indices evaluated: all, the first `limit`, or (with a seed) `limit` drawn from all, in split order."""
+    if not limit:
+        return list(range(total))
+    if seed is None:
+        return list(range(min(limit, total)))
+    return sorted(random.Random(seed).sample(range(total), min(limit, total)))
+
+
 def _evaluate_generation(model, tokenizer, task: GenerationTask, config: EvaluateConfig, progress: bool) -> dict:
     rows = task.read(config.data, config.split, config.strict)
     items = task.eval_items(rows.items)
-    if config.limit:
-        items = items[: config.limit]
+    chosen = select_items(len(items), config.limit, config.sample_seed)
+    items = [items[index] for index in chosen]
     settings = fit_generation(model, GenerationSettings(config.num_beams, config.length_penalty,
                                                        config.no_repeat_ngram_size,
                                                        config.max_new_tokens or task.max_new_tokens,
@@ -87,12 +97,12 @@ def _evaluate_generation(model, tokenizer, task: GenerationTask, config: Evaluat
     references = [item.references for item in items]
     metrics = task.score(predictions, references)
     if task.teacher_forced_match:
-        pairs = rows.items[: len(items)]  # one row per item: this task has no reference groups
+        pairs = [rows.items[index] for index in chosen]  # one row per item: this task has no reference groups
         metrics["exact_match_teacher_forced"] = teacher_forced_exact_match(
             model, Examples.from_pairs(tokenizer, pairs, config.context), config.batch_size)
     return {
         "data": {**rows.report(), **data_record(config.task, config.data, config.split)}, "items": len(items),
-        "limit": config.limit, "metrics": metrics,
+        "limit": config.limit, "sample_seed": config.sample_seed, "metrics": metrics,
         "protocol": {"generation": asdict(settings), "prompt_format": items[0].prompt.split("\n")[0] + " ..."},
         "samples": [{"prompt": i.prompt[-200:], "prediction": p, "references": i.references[:3]}
                     for i, p in zip(items[:5], predictions)],
@@ -124,11 +134,16 @@ def zero_shot_tasks(config: EvaluateConfig) -> list[str] | None:
 def check_data(config: EvaluateConfig) -> None:
     """Fail on a bad task, split, device or data path before a model is loaded."""
     pick_device(config.device)
+    if config.sample_seed is not None and not config.limit:
+        raise FfnpruneError("--sample-seed draws --limit N items at random: give --limit N too")
     names = zero_shot_tasks(config)
     if names is not None:
         zeroshot.check_tasks(names)
         if config.full and config.limit:
             raise FfnpruneError("--full scores every item and --limit the first N: give one of them")
+        if config.sample_seed is not None:
+            raise FfnpruneError("--sample-seed draws the items of generation tasks (samsum, wikisql, e2e); the "
+                                "zero-shot tasks score the first --limit N")
         return
     if config.full:
         raise FfnpruneError("--full applies to the zero-shot tasks (--suite zeroshot, --task piqa, ...)")

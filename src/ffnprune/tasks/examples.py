@@ -29,6 +29,13 @@ class Examples:
     def head(self, count: int) -> Examples:
         return Examples(self.input_ids[:count], self.attention_mask[:count], self.labels[:count])
 
+    def sample(self, count: int, seed: int) -> Examples:
+        """`count` rows drawn without replacement with `seed`, in their original order (all rows if fewer)."""
+        if count >= len(self):
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        return Examples(self.input_ids[index], self.attention_mask[index], self.labels[index])
+
     @classmethod
     def from_pairs(cls, tokenizer, pairs, length: int, loss_on_prompt: bool = False) -> Examples:
         """prompt + " " + target + EOS per row, right-padded to `length`. Only the target (and EOS) carries the loss
