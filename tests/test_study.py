@@ -83,7 +83,8 @@ def test_study_runs_every_cell_once_and_tabulates(capsys, tiny_model_dir, data_d
     assert len(json.loads((results / "results.json").read_text())) == 6
 
 
-@pytest.mark.parametrize("name,cells", [("study-cpu.yaml", 28 + 6), ("study-gpu.yaml", 4 * 7 * 3 * 2 * 2)])
+@pytest.mark.parametrize("name,cells", [("study-cpu.yaml", 28 + 6), ("study-gpu.yaml", 4 * 7 * 3 * 2 * 2),
+                                        ("study-v2.yaml", 4 * (6 + 3 + 2) + 6)])
 def test_the_shipped_study_files_are_valid(name, cells):
     from pathlib import Path
 
@@ -181,3 +182,51 @@ def test_a_seeded_test_subset_is_the_same_items_for_every_model_and_not_the_firs
     assert select_items(819, 50, seed=None) == list(range(50)) and select_items(10, None, None) == list(range(10))
     with pytest.raises(FfnpruneError, match="give --limit N too"):
         check_data(EvaluateConfig(task="samsum", data=str(data_dir), sample_seed=0))
+
+
+def test_the_v2_plan_is_the_grid_the_claims_need():
+    """Every task: six methods at keep 0.25 (obs + recovery among them, trained as long), distillation for random,
+    movement and GUM, a second seed for random and GUM; keep 0.5 on WikiText only; each task's test subset seeded."""
+    from pathlib import Path
+
+    study = read_study(Path(__file__).parents[1] / "configs" / "study-v2.yaml")
+    cells = {(c.task, c.method, c.keep, c.distill, c.seed) for c in study.cells}
+    methods = ["random", "magnitude", "movement", "global-movement", "gum", "obs"]
+    for task in ("wikitext", "samsum", "wikisql", "e2e"):
+        assert {(task, m, 0.25, False, 0) for m in methods} <= cells
+        assert {(task, m, 0.25, True, 0) for m in ("random", "movement", "gum")} <= cells
+        assert {(task, m, 0.25, False, 1) for m in ("random", "gum")} <= cells
+        steps = {study.prune_config(c, Path("x"), None).steps for c in study.cells if c.task == task}
+        assert len(steps) == 1  # obs + recovery trains as long as fine-pruning
+        if task != "wikitext":
+            evaluation = study.evaluate_config("m", task, None)
+            assert evaluation.limit and evaluation.sample_seed == 0 and evaluation.num_beams == 1  # greedy
+    assert {c.task for c in study.cells if c.keep == 0.5} == {"wikitext"}
+
+
+def _record(task, method, metric, distill=False, seed=0, uniqueness=None, keep=0.25):
+    return {"task": task, "method": method, "metric": metric, "distill": distill, "seed": seed, "keep": keep,
+            "uniqueness": uniqueness}
+
+
+def test_claims_follow_their_rules_in_each_metrics_direction():
+    from ffnprune.study.claims import check_claims
+
+    records = [_record("samsum", m, v) for m, v in (("random", 30.0), ("magnitude", 31.0), ("movement", 30.5),
+                                                     ("global-movement", 31.5), ("obs", 34.0))]
+    records += [_record("samsum", "random", 29.8, seed=1), _record("samsum", "gum", 33.0, uniqueness=0.5),
+                _record("samsum", "gum", 32.8, seed=1, uniqueness=0.5), _record("samsum", "dense", 40.0, keep=1.0)]
+    records[2]["uniqueness"] = 0.3  # movement
+    records += [_record("samsum", m, v, distill=True) for m, v in (("random", 32.0), ("movement", 32.5),
+                                                                   ("gum", 33.2))]
+    records += [_record("wikitext", m, v) for m, v in (("random", 100.0), ("magnitude", 60.0), ("movement", 70.0))]
+    verdicts = {(v.task, v.claim[0]): v for v in check_claims(records)}
+    assert verdicts["samsum", "1"].verdict == "reproduced"  # 3.2% behind magnitude, within 5%
+    assert verdicts["samsum", "2"].verdict == "reproduced" and "global-movement" in verdicts["samsum", "2"].figures
+    assert verdicts["samsum", "3"].verdict == "reproduced"
+    assert verdicts["samsum", "4"].verdict == "reproduced"  # range 3.0 without, 1.2 with distillation
+    assert verdicts["samsum", "5"].verdict == "obs ahead"
+    assert verdicts["wikitext", "1"].verdict == "not reproduced"  # perplexity: lower is better, 67% behind
+    assert verdicts["wikitext", "2"].verdict == "not run yet" and verdicts["wikitext", "4"].verdict == "not run yet"
+    records[5]["metric"] = 31.4  # random's second seed far off: a 3% seed spread swallows GUM's 4% lead
+    assert check_claims(records)[1].verdict == "inconclusive at this budget"

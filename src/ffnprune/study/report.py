@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ffnprune.io.atomic import write_json_atomic  # noqa: E402
+from ffnprune.study.claims import check_claims, claims_table, plot_claims  # noqa: E402
 
 PRIMARY_METRIC = {"wikitext": "perplexity", "samsum": "rougeL", "wikisql": "exact_match", "e2e": "bleu"}
 
@@ -56,6 +57,8 @@ def write_report(results: Path, records: list[dict]) -> None:
             _plot(results / f"{task}-{'kd' if distill else 'nokd'}.png", task, metric, cells, dense)
     lines.append("Each cell's record (configuration, evaluation, redundancy, training log) is in cells/.")
     (results / "table.md").write_text("\n".join(lines) + "\n")
+    (results / "claims.md").write_text(claims_table(check_claims(records)))
+    plot_claims(results, records, PRIMARY_METRIC)
 
 
 def _plot(path: Path, task: str, metric: str, cells: list[dict], dense: list[dict]) -> None:

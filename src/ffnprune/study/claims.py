@@ -1,0 +1,194 @@
+"""The paper's claims, each checked on a study's finished cells: which cells it rests on, our figures with their
+seed spread, and a verdict (reproduced, not reproduced, inconclusive at this budget, or not run yet).
+
+The rules, per task, at keep 0.25 without distillation unless a claim says otherwise ("better" follows the task's
+metric: lower perplexity, higher ROUGE-L, exact match or BLEU; a gap is relative to the better of the two):
+1. Random nearly matches the established methods: random within 5% of the better of magnitude and movement.
+2. GUM wins: GUM ahead of every other fine-pruning method (random, magnitude, movement, global movement).
+3. Movement keeps redundant neurons and GUM fixes it: GUM's kept neurons more unique than movement's.
+4. Distillation narrows the gaps: the range of random, movement and GUM is smaller with distillation than without.
+5. (Beyond the paper) one-shot obs + recovery against the best fine-pruning method at the same number of steps.
+A difference smaller than twice the seed spread measured on the cells that have two seeds is inconclusive.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NEARLY = 0.05  # claim 1: "nearly matches" is within 5%
+FINE_PRUNING = ("random", "magnitude", "movement", "global-movement", "gum")
+KEEP = 0.25
+
+
+@dataclass
+class Verdict:
+    claim: str
+    task: str
+    cells: str
+    figures: str
+    verdict: str
+
+
+def _lower_is_better(task: str) -> bool:
+    return task == "wikitext"
+
+
+def _values(records: list[dict], task: str, method: str, distill: bool = False, keep: float = KEEP) -> list[float]:
+    return [r["metric"] for r in records if r["task"] == task and r["method"] == method and r["distill"] == distill
+            and r["keep"] == keep]
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values)
+
+
+def _shown(values: list[float]) -> str:
+    if len(values) > 1:
+        return f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return f"{values[0]:.2f}"
+
+
+def _gap(task: str, worse: float, better: float) -> float:
+    """How far `worse` is behind `better`, relative to `better` (negative: it is ahead)."""
+    return (worse - better) / better if _lower_is_better(task) else (better - worse) / better
+
+
+def seed_spread(records: list[dict], task: str) -> float | None:
+    """The largest relative standard deviation among the task's cells that ran with more than one seed."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        if r["task"] == task and r["method"] != "dense":
+            groups.setdefault((r["method"], r["keep"], r["distill"]), []).append(r["metric"])
+    spreads = [statistics.stdev(v) / abs(_mean(v)) for v in groups.values() if len(v) > 1 and _mean(v)]
+    return max(spreads) if spreads else None
+
+
+def _decide(gap: float, spread: float | None, holds: bool) -> str:
+    if spread is not None and abs(gap) < 2 * spread:
+        return "inconclusive at this budget"
+    return "reproduced" if holds else "not reproduced"
+
+
+def check_claims(records: list[dict]) -> list[Verdict]:
+    verdicts = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        spread = seed_spread(records, task)
+        noise = f"; seed spread {spread:.1%}" if spread is not None else "; one seed"
+        verdicts += [_random_matches(records, task, spread, noise), _gum_wins(records, task, spread, noise),
+                     _uniqueness(records, task), _distillation(records, task), _obs(records, task, spread, noise)]
+    return verdicts
+
+
+def _missing(claim: str, task: str, cells: str) -> Verdict:
+    return Verdict(claim, task, cells, "", "not run yet")
+
+
+def _random_matches(records, task, spread, noise) -> Verdict:
+    claim, cells = "1. random nearly matches the established methods", "random, magnitude, movement"
+    random, others = _values(records, task, "random"), {m: _values(records, task, m) for m in ("magnitude", "movement")}
+    if not random or not all(others.values()):
+        return _missing(claim, task, cells)
+    best = min if _lower_is_better(task) else max
+    name = best(others, key=lambda m: _mean(others[m]))
+    gap = _gap(task, _mean(random), _mean(others[name]))
+    figures = f"random {_shown(random)}, {name} {_shown(others[name])}: random {gap:+.1%} behind{noise}"
+    return Verdict(claim, task, cells, figures, _decide(gap - NEARLY, spread, gap <= NEARLY))
+
+
+def _gum_wins(records, task, spread, noise) -> Verdict:
+    claim, cells = "2. GUM wins", "GUM against random, magnitude, movement, global movement"
+    gum = _values(records, task, "gum")
+    others = {m: _values(records, task, m) for m in FINE_PRUNING if m != "gum"}
+    if not gum or not all(others.values()):
+        return _missing(claim, task, cells)
+    best = min if _lower_is_better(task) else max
+    name = best(others, key=lambda m: _mean(others[m]))
+    gap = _gap(task, _mean(others[name]), _mean(gum))  # positive: GUM ahead of the best other
+    figures = f"GUM {_shown(gum)}, best other {name} {_shown(others[name])}: GUM {gap:+.1%} ahead{noise}"
+    return Verdict(claim, task, cells, figures, _decide(gap, spread, gap > 0))
+
+
+def _uniqueness(records, task) -> Verdict:
+    claim, cells = "3. movement keeps redundant neurons, GUM fixes it", "uniqueness of GUM and movement"
+    values = {m: [r["uniqueness"] for r in records if r["task"] == task and r["method"] == m and not r["distill"]
+                  and r["keep"] == KEEP and r.get("uniqueness") is not None] for m in ("gum", "movement")}
+    if not all(values.values()):
+        return _missing(claim, task, cells)
+    gum, movement = _mean(values["gum"]), _mean(values["movement"])
+    figures = f"uniqueness GUM {gum:.3f}, movement {movement:.3f}"
+    return Verdict(claim, task, cells, figures, "reproduced" if gum > movement else "not reproduced")
+
+
+def _distillation(records, task) -> Verdict:
+    claim, cells = "4. distillation narrows the gaps", "random, movement, GUM with and without distillation"
+    methods = ("random", "movement", "gum")
+    means = {distill: [_values(records, task, m, distill) for m in methods] for distill in (False, True)}
+    if not all(all(v) for v in means.values()):
+        return _missing(claim, task, cells)
+    ranges = {d: max(map(_mean, v)) - min(map(_mean, v)) for d, v in means.items()}
+    figures = f"range of the three: {ranges[False]:.2f} without, {ranges[True]:.2f} with distillation"
+    return Verdict(claim, task, cells, figures, "reproduced" if ranges[True] < ranges[False] else "not reproduced")
+
+
+def _obs(records, task, spread, noise) -> Verdict:
+    claim, cells = "5. (ours) obs + recovery against fine-pruning, same steps", "obs; the best fine-pruning method"
+    obs = _values(records, task, "obs")
+    others = {m: _values(records, task, m) for m in FINE_PRUNING}
+    others = {m: v for m, v in others.items() if v}
+    if not obs or not others:
+        return _missing(claim, task, cells)
+    best = min if _lower_is_better(task) else max
+    name = best(others, key=lambda m: _mean(others[m]))
+    gap = _gap(task, _mean(others[name]), _mean(obs))
+    figures = f"obs {_shown(obs)}, best fine-pruning {name} {_shown(others[name])}: obs {gap:+.1%} ahead{noise}"
+    verdict = _decide(gap, spread, gap > 0)
+    return Verdict(claim, task, cells, figures, {"reproduced": "obs ahead", "not reproduced": "obs behind"}
+                   .get(verdict, verdict))
+
+
+def claims_table(verdicts: list[Verdict]) -> str:
+    lines = ["| claim | task | cells | our figures (test) | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {v.claim} | {v.task} | {v.cells} | {v.figures} | {v.verdict} |" for v in verdicts]
+    return "\n".join(lines) + "\n"
+
+
+def plot_claims(results: Path, records: list[dict], metric_names: dict[str, str]) -> None:
+    """Per task: the metric of each method with and without distillation, and uniqueness against the metric."""
+    for task in dict.fromkeys(r["task"] for r in records):
+        cells = [r for r in records if r["task"] == task and r["method"] != "dense" and r["keep"] == KEEP]
+        if not cells:
+            continue
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        methods = list(dict.fromkeys(r["method"] for r in cells))
+        for offset, distill in ((-0.2, False), (0.2, True)):
+            means = [statistics.mean(v) if (v := [r["metric"] for r in cells if r["method"] == m
+                                                  and r["distill"] == distill]) else float("nan") for m in methods]
+            left.bar([i + offset for i in range(len(methods))], means, width=0.4,
+                     label="with distillation" if distill else "without")
+        dense = [r["metric"] for r in records if r["task"] == task and r["method"] == "dense"]
+        if dense:
+            left.axhline(dense[0], color="black", linestyle="--", linewidth=1, label="dense")
+        left.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
+        metric = metric_names[task]
+        left.set(title=f"{task}: {metric} at keep {KEEP:g} (test)", ylabel=metric)
+        if _lower_is_better(task):
+            left.set_yscale("log")
+        left.legend(fontsize=7)
+        for method in methods:
+            points = [(r["uniqueness"], r["metric"]) for r in cells if r["method"] == method
+                      and r.get("uniqueness") is not None]
+            if points:
+                right.scatter(*zip(*points), label=method)
+        right.set(xlabel="uniqueness of the kept neurons", ylabel=metric, title="uniqueness against the metric")
+        right.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(results / f"claims-{task}.png", dpi=100)
+        plt.close(figure)
+
