@@ -44,11 +44,11 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     for start in tqdm(range(0, len(prompts), settings.batch_size), desc="generating", disable=not progress):
         batch = tokenizer(prompts[start : start + settings.batch_size], return_tensors="pt", padding=True,
                           truncation=True, max_length=settings.max_prompt_tokens).to(device)
+        beams = {"length_penalty": settings.length_penalty, "early_stopping": True} if settings.num_beams > 1 else {}
         generated = model.generate(
-            **batch, num_beams=settings.num_beams, length_penalty=settings.length_penalty,
-            no_repeat_ngram_size=settings.no_repeat_ngram_size, max_new_tokens=settings.max_new_tokens,
-            early_stopping=True, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            **batch, num_beams=settings.num_beams, no_repeat_ngram_size=settings.no_repeat_ngram_size,
+            max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, **beams,  # greedy decoding takes no beam settings
         )
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         outputs.extend(first_line(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
