@@ -230,3 +230,19 @@ def test_claims_follow_their_rules_in_each_metrics_direction():
     assert verdicts["wikitext", "2"].verdict == "not run yet" and verdicts["wikitext", "4"].verdict == "not run yet"
     records[5]["metric"] = 31.4  # random's second seed far off: a 3% seed spread swallows GUM's 4% lead
     assert check_claims(records)[1].verdict == "inconclusive at this budget"
+
+
+def test_claims_at_an_exact_match_of_zero_are_inconclusive_not_a_division_by_zero():
+    """WikiSQL's exact match can be 0 for every method at a small budget: the gaps are undefined, not a crash."""
+    from ffnprune.study.claims import check_claims
+
+    records = [_record("wikisql", m, 0.0) for m in ("random", "magnitude", "movement", "global-movement", "gum", "obs")]
+    records += [_record("wikisql", m, 0.0, distill=True) for m in ("random", "movement", "gum")]
+    verdicts = {v.claim[0]: v.verdict for v in check_claims(records)}
+    assert verdicts["1"] == verdicts["2"] == verdicts["4"] == verdicts["5"] == \
+        "inconclusive at this budget (metric 0 everywhere)"
+    records[0]["metric"] = 0.02  # random alone above 0: it leads, and the gap is relative to it
+    verdicts = {v.claim[0]: v for v in check_claims(records)}
+    assert verdicts["1"].verdict == "reproduced" and "-100.0% behind" in verdicts["1"].figures
+    assert verdicts["2"].verdict == "not reproduced"
+
