@@ -23,6 +23,9 @@ CALIBRATED = "src/ffnprune/criteria/calibrated.py"
 RECONSTRUCTION = "src/ffnprune/pruning/reconstruction.py"
 SHARDING = "src/ffnprune/training/sharding.py"
 FSDP_TESTS = "tests/test_distributed.py -k fsdp"
+CLAIMS = "src/ffnprune/study/claims.py"
+STUDY_CLAIMS = ("tests/test_study.py::test_claims_follow_their_rules_in_each_metrics_direction "
+                "tests/test_study.py::test_claims_at_an_exact_match_of_zero_are_inconclusive_not_a_division_by_zero")
 # name: (file, text, replacement, tests to run)
 MUTATIONS = {
     "obs greedy update of the weights removed": (
@@ -87,6 +90,22 @@ MUTATIONS = {
     "Nemotron-NAS: a layer left only its reconstruction bias written as no_op": (
         "src/ffnprune/io/nemotron_nas.py", "if width == 0 and (down.bias is None or not bool(down.bias.any())):",
         "if width == 0:", "tests/test_nemotron_nas.py"),
+    "train-rows subset: the split's first rows instead of a seeded draw": (
+        "src/ffnprune/tasks/examples.py", "torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))",
+        "torch.arange(len(self))", "tests/test_tasks_metrics.py -k train_rows"),
+    "seeded test subset: the seed ignored": (
+        "src/ffnprune/evaluation/run.py", "random.Random(seed).sample(", "random.Random(0).sample(",
+        "tests/test_study.py -k seeded"),
+    "claims: a gap measured the wrong way round": (
+        CLAIMS, "difference = worse - better if _lower_is_better(task) else better - worse",
+        "difference = better - worse if _lower_is_better(task) else worse - better", STUDY_CLAIMS),
+    "claims: the seed spread not held against a gap": (
+        CLAIMS, "abs(gap) < 2 * spread", "abs(gap) < 0 * spread", STUDY_CLAIMS),
+    "claims: random's 5% allowance removed": (CLAIMS, "NEARLY = 0.05", "NEARLY = 0.0", STUDY_CLAIMS),
+    "claims: uniqueness compared the wrong way round": (
+        CLAIMS, '"reproduced" if gum > movement', '"reproduced" if gum < movement', STUDY_CLAIMS),
+    "claims: distillation's ranges compared the wrong way round": (
+        CLAIMS, "(ranges[False] - ranges[True]) / level", "(ranges[True] - ranges[False]) / level", STUDY_CLAIMS),
 }
 
 
@@ -94,7 +113,7 @@ def run(name: str, python: str) -> tuple[str, float]:
     path, text, replacement, tests = MUTATIONS[name]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        for part in ("src", "tests", "pyproject.toml"):
+        for part in ("src", "tests", "configs", "pyproject.toml"):
             source = ROOT / part
             (shutil.copytree if source.is_dir() else shutil.copy)(source, work / part)
         target = work / path

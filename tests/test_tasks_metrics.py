@@ -170,6 +170,21 @@ def test_long_prompts_lose_their_beginning(gpt2_tokenizer):
     assert text.endswith("END yes<|endoftext|>") and examples.attention_mask.sum() == 16
 
 
+def test_a_train_rows_subset_is_a_seeded_draw_of_whole_rows_in_split_order():
+    """`--train-rows`: every cell of a study trains on the same rows, drawn from the whole split (not its head), each
+    row's tokens, mask and labels kept together."""
+    rows = torch.arange(200).unsqueeze(1).repeat(1, 6)
+    examples = Examples(rows, (rows % 2 == 0).long(), rows + 1000)
+    drawn = examples.sample(50, seed=0)
+    first = drawn.input_ids[:, 0]
+    assert torch.equal(first, examples.sample(50, seed=0).input_ids[:, 0])
+    assert not torch.equal(first, examples.sample(50, seed=1).input_ids[:, 0])
+    assert torch.equal(first, first.sort().values) and len(set(first.tolist())) == 50 and first.max() > 150
+    assert torch.equal(drawn.labels, drawn.input_ids + 1000) and torch.equal(drawn.attention_mask,
+                                                                               (drawn.input_ids % 2 == 0).long())
+    assert examples.sample(500, seed=0) is examples
+
+
 def test_sliding_windows_score_every_token_but_the_first_once():
     ids = torch.arange(1, 38)
     windows = Examples.sliding_windows(ids, context=10, stride=4)
