@@ -106,6 +106,9 @@ MUTATIONS = {
         CLAIMS, '"reproduced" if gum > movement', '"reproduced" if gum < movement', STUDY_CLAIMS),
     "claims: distillation's ranges compared the wrong way round": (
         CLAIMS, "(ranges[False] - ranges[True]) / level", "(ranges[True] - ranges[False]) / level", STUDY_CLAIMS),
+    "analysis: the token budget counted in rows of --context": (
+        "src/ffnprune/analysis/run.py", "examples.head_tokens(config.max_tokens)",
+        "examples.head_tokens(config.max_tokens // config.context * 40)", "tests/test_analysis.py -k token_budget"),
 }
 
 

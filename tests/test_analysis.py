@@ -161,6 +161,16 @@ def test_analyze_writes_the_report_and_plots(capsys, model_dirs, data_dir, tmp_p
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_token_budget_holds_on_a_task_of_short_rows(capsys, model_dirs, data_dir, tmp_path):
+    """WikiSQL's rows hold a few dozen tokens: --max-tokens counts their tokens, not rows of --context (found in
+    study v2: 2,048 tokens at context 256 measured 383 WikiSQL tokens for 384-neuron layers)."""
+    out = tmp_path / "analysis"
+    code = main(["analyze", str(model_dirs / "pruned"), "--task", "wikisql", "--data", str(data_dir),
+                 "--max-tokens", "1024", "--context", "256", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert 1024 <= json.loads((out / "redundancy.json").read_text())["protocol"]["tokens_measured"] < 1024 + 256
+
+
 def test_compare_analyses_models_and_tabulates_them(capsys, model_dirs, data_dir, tmp_path):
     out = tmp_path / "compare"
     code = main(["analyze", "--compare", str(model_dirs / "dense"), str(model_dirs / "pruned"), "--data",

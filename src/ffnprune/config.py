@@ -214,7 +214,8 @@ class AnalyzeConfig:
     task: str = option("wikitext", "task whose data the measures run on")
     split: str = option("test", "split of the task")
     data: str | None = option(None, "task data folder or file (default: ../shared/data)")
-    max_tokens: Count = option(16384, "tokens of data (WikiText), or about that many for generation tasks")
+    max_tokens: Count = option(16384, "tokens of data: WikiText blocks, or the first rows of a generation task that "
+                                      "hold N tokens")
     context: Count = option(512, "tokens per sequence")
     batch_size: Count = option(4, "sequences per forward and backward pass")
     threshold: KeepFraction = option(0.8, "cosine at which a neuron counts as redundant, in (0, 1]")

@@ -533,7 +533,7 @@ def _train_and_save(config: PruneConfig, method: Method, schedule: CubicSchedule
     if config.training.eval_every:  # the loss-carrying tokens of about --eval-tokens tokens of the split
         eval_examples = task_examples(config.task, loaded.tokenizer, config.data, config.eval_split, length,
                                       config.training.eval_tokens, strict=config.strict)
-        eval_examples = eval_examples.head(max(1, config.training.eval_tokens // length))
+        eval_examples = eval_examples.head_tokens(config.training.eval_tokens)
     penalty = PenaltySettings(config.penalty.lambda_, config.penalty.mu, config.penalty.beta,
                               config.penalty.soft_threshold, config.penalty.gum_tokens, config.penalty.gum_every)
     outcome = train(config, loaded.model, loaded.adapter, None if recovering else method, schedule, penalty,

@@ -40,7 +40,7 @@ def analyze(config: AnalyzeConfig, say=say) -> Path:
     config = replace(config, context=fit_context(loaded.model, config.context))
     examples = task_examples(config.task, loaded.tokenizer, config.data, config.split, config.context,
                              config.max_tokens)
-    examples = examples.head(max(1, config.max_tokens // config.context))
+    examples = examples.head_tokens(config.max_tokens)
     started = time.perf_counter()
     say(f"measuring {len(examples)} sequences of up to {config.context} tokens of {config.task} {config.split} ...")
     measures = measure_redundancy(loaded.model, loaded.adapter, examples, config.batch_size)
