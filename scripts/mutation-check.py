@@ -109,6 +109,9 @@ MUTATIONS = {
     "analysis: the token budget counted in rows of --context": (
         "src/ffnprune/analysis/run.py", "examples.head_tokens(config.max_tokens)",
         "examples.head_tokens(config.max_tokens // config.context * 40)", "tests/test_analysis.py -k token_budget"),
+    "target loss: averaged over every position (prompt and padding included)": (
+        "src/ffnprune/evaluation/run.py", "tokens += int((labels != IGNORE).sum())", "tokens += labels.numel()",
+        "tests/test_tasks_metrics.py -k teacher_forced"),
 }
 
 

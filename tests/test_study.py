@@ -162,6 +162,9 @@ def test_a_miniature_of_the_v2_plan_runs_every_task_with_its_generation_metrics(
                ("samsum", "wikisql", "e2e")}
     assert {"rouge1", "rouge2", "rougeL"} <= metrics["samsum"] and "exact_match" in metrics["wikisql"]
     assert {"bleu", "nist", "meteor", "rougeL", "cider"} <= metrics["e2e"]
+    assert all("target_loss" in names for names in metrics.values())
+    table = (tmp_path / "results" / "mini-v2" / "table.md").read_text()
+    assert table.count("loss per target token") == 3  # the generation tasks', beside their own metric
     for task in ("samsum", "wikisql", "e2e"):
         evaluation = records[f"{task}-dense"]["evaluation"]
         assert evaluation["items"] == 3 and evaluation["sample_seed"] == 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from ffnprune.cli.main import main
 from ffnprune.errors import FfnpruneError
-from ffnprune.evaluation.run import teacher_forced_exact_match
+from ffnprune.evaluation.run import teacher_forced
 from ffnprune.metrics.e2e import e2e_scores, multi_reference_bleu, multi_reference_nist
 from ffnprune.metrics.exact_match import exact_match
 from ffnprune.metrics.rouge import rouge_scores
@@ -195,7 +196,7 @@ def test_sliding_windows_score_every_token_but_the_first_once():
     assert torch.equal(blocks.input_ids, Examples.blocks(ids[:30], 10).input_ids)
 
 
-def test_teacher_forced_exact_match_counts_whole_targets():
+def test_teacher_forced_exact_match_counts_whole_targets_and_the_loss_every_target_token():
     labels = torch.tensor([[IGNORE, 5, 6, IGNORE], [IGNORE, 7, 8, 9]])
     examples = Examples(torch.tensor([[1, 5, 6, 0], [1, 7, 8, 9]]), torch.ones(2, 4, dtype=torch.long), labels)
 
@@ -213,7 +214,10 @@ def test_teacher_forced_exact_match_counts_whole_targets():
             logits[1, 2, 9], logits[1, 2, 3] = 0.0, 1.0
             return type("Out", (), {"logits": logits})
 
-    assert teacher_forced_exact_match(Oracle(), examples, batch_size=2) == 50.0
+    scores = teacher_forced(Oracle(), examples, batch_size=2)
+    assert scores["exact_match"] == 50.0
+    # five target tokens: four with the right logit at 1 of ten, one (row 2's last) with it at 0
+    assert scores["target_loss"] == pytest.approx((5 * math.log(math.e + 9) - 4) / 5)
 
 
 # --- the command ----------------------------------------------------------------------------------------------

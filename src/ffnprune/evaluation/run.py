@@ -20,7 +20,7 @@ from ffnprune.messages import say
 from ffnprune.metrics.perplexity import examples_perplexity, token_ids
 from ffnprune.models import fit_context, load_model, model_positions, pick_device
 from ffnprune.tasks import TASKS, data_record, get_task
-from ffnprune.tasks.base import HUB, GenerationTask
+from ffnprune.tasks.base import HUB, GenerationTask, Pair
 from ffnprune.tasks.examples import IGNORE, Examples
 from ffnprune.tasks.wikitext import read_wikitext, wikitext_file
 
@@ -96,10 +96,13 @@ def _evaluate_generation(model, tokenizer, task: GenerationTask, config: Evaluat
     predictions = generate(model, tokenizer, [item.prompt for item in items], settings, progress)
     references = [item.references for item in items]
     metrics = task.score(predictions, references)
+    # Each item's first reference scored under teacher forcing: a figure that still separates models whose greedy
+    # outputs all miss (an exact match of 0 everywhere).
+    forced = teacher_forced(model, Examples.from_pairs(tokenizer, [Pair(i.prompt, i.references[0]) for i in items],
+                                                       config.context), config.batch_size)
+    metrics["target_loss"] = forced["target_loss"]
     if task.teacher_forced_match:
-        pairs = [rows.items[index] for index in chosen]  # one row per item: this task has no reference groups
-        metrics["exact_match_teacher_forced"] = teacher_forced_exact_match(
-            model, Examples.from_pairs(tokenizer, pairs, config.context), config.batch_size)
+        metrics["exact_match_teacher_forced"] = forced["exact_match"]
     return {
         "data": {**rows.report(), **data_record(config.task, config.data, config.split)}, "items": len(items),
         "limit": config.limit, "sample_seed": config.sample_seed, "metrics": metrics,
@@ -110,18 +113,22 @@ def _evaluate_generation(model, tokenizer, task: GenerationTask, config: Evaluat
 
 
 @torch.inference_mode()
-def teacher_forced_exact_match(model, examples: Examples, batch_size: int) -> float:
-    """Share (x100) of rows whose every target token (and the EOS) is the model's argmax given the true prefix."""
+def teacher_forced(model, examples: Examples, batch_size: int) -> dict[str, float]:
+    """Given the true prefix: the share (x100) of rows whose every target token (and the EOS) is the model's argmax,
+    and the mean loss per target token (nats)."""
     device = next(model.parameters()).device
-    hits = 0
+    hits, loss, tokens = 0, 0.0, 0
     for start in range(0, len(examples), batch_size):
         rows = range(start, min(start + batch_size, len(examples)))
         batch = {k: v.to(device) for k, v in examples.batch(rows).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
-        correct = (logits[:, :-1].argmax(-1) == labels) | (labels == IGNORE)
+        correct = (logits.argmax(-1) == labels) | (labels == IGNORE)
         hits += int(correct.all(dim=1).sum())
-    return 100 * hits / len(examples)
+        loss += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                        reduction="sum"))
+        tokens += int((labels != IGNORE).sum())
+    return {"exact_match": 100 * hits / len(examples), "target_loss": loss / tokens}
 
 
 def zero_shot_tasks(config: EvaluateConfig) -> list[str] | None:

@@ -24,13 +24,31 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
-def _cell_text(records: list[dict], keep: float) -> str:
-    """The metric, with the share actually kept where it missed the requested one (soft movement's threshold)."""
-    if not records:
+def _target_loss(record: dict) -> float | None:
+    return record.get("evaluation", {}).get("metrics", {}).get("target_loss")
+
+
+def _cell_text(records: list[dict], keep: float, value) -> str:
+    """The figure, with the share actually kept where it missed the requested one (soft movement's threshold)."""
+    values = [v for r in records if (v := value(r)) is not None]
+    if not values:
         return ""
-    text = _spread([r["metric"] for r in records])
+    text = _spread(values)
     kept = statistics.mean(r["keep_actual"] for r in records)
     return text if abs(kept - keep) < 0.005 else f"{text} (kept {kept:.2f})"
+
+
+def _table(title: str, cells: list[dict], dense: list[dict], value) -> list[str]:
+    keeps = sorted({r["keep"] for r in cells}, reverse=True)
+    lines = [title, "", "| method | " + " | ".join(f"keep {k:g}" for k in keeps) + " |", "|---|" + "---|" * len(keeps)]
+    if dense and value(dense[0]) is not None:
+        lines.append("| dense (reference) | " + " | ".join(_spread([value(dense[0])]) for _ in keeps) + " |")
+    grouped = defaultdict(list)
+    for r in cells:
+        grouped[(r["method"], r["keep"])].append(r)
+    for method in dict.fromkeys(r["method"] for r in cells):
+        lines.append(f"| {method} | " + " | ".join(_cell_text(grouped[(method, k)], k, value) for k in keeps) + " |")
+    return lines + [""]
 
 
 def write_report(results: Path, records: list[dict]) -> None:
@@ -41,19 +59,12 @@ def write_report(results: Path, records: list[dict]) -> None:
         dense = [r for r in records if r["task"] == task and r["method"] == "dense"]
         for distill in sorted({r["distill"] for r in records if r["task"] == task and r["method"] != "dense"}):
             cells = [r for r in records if r["task"] == task and r["method"] != "dense" and r["distill"] == distill]
-            keeps = sorted({r["keep"] for r in cells}, reverse=True)
-            lines += [f"## {task}: {metric} on test, {'with' if distill else 'without'} distillation", "",
-                      "| method | " + " | ".join(f"keep {k:g}" for k in keeps) + " |",
-                      "|---|" + "---|" * len(keeps)]
-            if dense:
-                lines.append("| dense (reference) | " + " | ".join(_spread([dense[0]["metric"]]) for _ in keeps) + " |")
-            grouped = defaultdict(list)
-            for r in cells:
-                grouped[(r["method"], r["keep"])].append(r)
-            for method in dict.fromkeys(r["method"] for r in cells):
-                row = [_cell_text(grouped[(method, k)], k) for k in keeps]
-                lines.append(f"| {method} | " + " | ".join(row) + " |")
-            lines.append("")
+            with_or_without = "with" if distill else "without"
+            lines += _table(f"## {task}: {metric} on test, {with_or_without} distillation", cells, dense,
+                            lambda r: r["metric"])
+            if any(_target_loss(r) is not None for r in cells):
+                lines += _table(f"{task}: loss per target token (teacher-forced, first reference, nats), "
+                                f"{with_or_without} distillation", cells, dense, _target_loss)
             _plot(results / f"{task}-{'kd' if distill else 'nokd'}.png", task, metric, cells, dense)
     lines.append("Each cell's record (configuration, evaluation, redundancy, training log) is in cells/.")
     (results / "table.md").write_text("\n".join(lines) + "\n")
