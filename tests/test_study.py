@@ -246,6 +246,6 @@ def test_claims_at_an_exact_match_of_zero_are_inconclusive_not_a_division_by_zer
         "inconclusive at this budget (metric 0 everywhere)"
     records[0]["metric"] = 0.02  # random alone above 0: it leads, and the gap is relative to it
     verdicts = {v.claim[0]: v for v in check_claims(records)}
-    assert verdicts["1"].verdict == "reproduced" and "-100.0% behind" in verdicts["1"].figures
-    assert verdicts["2"].verdict == "not reproduced"
+    assert verdicts["1"].verdict == "reproduced" and "random 100.0% ahead" in verdicts["1"].figures
+    assert verdicts["2"].verdict == "not reproduced" and "GUM 100.0% behind" in verdicts["2"].figures
 

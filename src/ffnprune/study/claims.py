@@ -64,6 +64,10 @@ def _gap(task: str, worse: float, better: float) -> float:
     return difference / scale if scale else 0.0
 
 
+def _ahead(gap: float) -> str:
+    return f"{abs(gap):.1%} {'ahead' if gap >= 0 else 'behind'}"
+
+
 def seed_spread(records: list[dict], task: str) -> float | None:
     """The largest relative standard deviation among the task's cells that ran with more than one seed."""
     groups: dict[tuple, list[float]] = {}
@@ -105,7 +109,7 @@ def _random_matches(records, task, spread, noise) -> Verdict:
     best = min if _lower_is_better(task) else max
     name = best(others, key=lambda m: _mean(others[m]))
     gap = _gap(task, _mean(random), _mean(others[name]))
-    figures = f"random {_shown(random)}, {name} {_shown(others[name])}: random {gap:+.1%} behind{noise}"
+    figures = f"random {_shown(random)}, {name} {_shown(others[name])}: random {_ahead(-gap)}{noise}"
     return Verdict(claim, task, cells, figures,
                    _decide(gap - NEARLY, spread, gap <= NEARLY, _mean(random), _mean(others[name])))
 
@@ -119,7 +123,7 @@ def _gum_wins(records, task, spread, noise) -> Verdict:
     best = min if _lower_is_better(task) else max
     name = best(others, key=lambda m: _mean(others[m]))
     gap = _gap(task, _mean(others[name]), _mean(gum))  # positive: GUM ahead of the best other
-    figures = f"GUM {_shown(gum)}, best other {name} {_shown(others[name])}: GUM {gap:+.1%} ahead{noise}"
+    figures = f"GUM {_shown(gum)}, best other {name} {_shown(others[name])}: GUM {_ahead(gap)}{noise}"
     return Verdict(claim, task, cells, figures, _decide(gap, spread, gap > 0, _mean(gum), _mean(others[name])))
 
 
@@ -158,7 +162,7 @@ def _obs(records, task, spread, noise) -> Verdict:
     best = min if _lower_is_better(task) else max
     name = best(others, key=lambda m: _mean(others[m]))
     gap = _gap(task, _mean(others[name]), _mean(obs))
-    figures = f"obs {_shown(obs)}, best fine-pruning {name} {_shown(others[name])}: obs {gap:+.1%} ahead{noise}"
+    figures = f"obs {_shown(obs)}, best fine-pruning {name} {_shown(others[name])}: obs {_ahead(gap)}{noise}"
     verdict = _decide(gap, spread, gap > 0, _mean(obs), _mean(others[name]))
     return Verdict(claim, task, cells, figures, {"reproduced": "obs ahead", "not reproduced": "obs behind"}
                    .get(verdict, verdict))
