@@ -174,36 +174,52 @@ def claims_table(verdicts: list[Verdict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def target_loss(record: dict) -> float | None:
+    """A generation task's loss per target token under teacher forcing, where the record has it."""
+    return record.get("evaluation", {}).get("metrics", {}).get("target_loss")
+
+
+def _bars(axis, records: list[dict], cells: list[dict], methods: list[str], value, title: str, log: bool) -> None:
+    """One bar per method without and with distillation (means over seeds), the dense model as a dashed line."""
+    for offset, distill in ((-0.2, False), (0.2, True)):
+        means = [statistics.mean(v) if (v := [value(r) for r in cells if r["method"] == m and r["distill"] == distill
+                                              and value(r) is not None]) else float("nan") for m in methods]
+        axis.bar([i + offset for i in range(len(methods))], means, width=0.4,
+                 label="with distillation" if distill else "without")
+    dense = [value(r) for r in records if r["method"] == "dense" and value(r) is not None]
+    if dense:
+        axis.axhline(dense[0], color="black", linestyle="--", linewidth=1, label="dense")
+    axis.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
+    axis.set_title(title, fontsize=10)
+    if log:
+        axis.set_yscale("log")
+    axis.legend(fontsize=7)
+
+
 def plot_claims(results: Path, records: list[dict], metric_names: dict[str, str]) -> None:
-    """Per task: the metric of each method with and without distillation, and uniqueness against the metric."""
+    """Per task: the metric of each method with and without distillation (and the loss per target token on the
+    generation tasks), and uniqueness against the metric."""
     for task in dict.fromkeys(r["task"] for r in records):
-        cells = [r for r in records if r["task"] == task and r["method"] != "dense" and r["keep"] == KEEP]
+        task_records = [r for r in records if r["task"] == task]
+        cells = [r for r in task_records if r["method"] != "dense" and r["keep"] == KEEP]
         if not cells:
             continue
-        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        with_loss = any(target_loss(r) is not None for r in cells)
+        figure, axes = plt.subplots(1, 2 + with_loss, figsize=(5.5 * (2 + with_loss), 3.8))
         methods = list(dict.fromkeys(r["method"] for r in cells))
-        for offset, distill in ((-0.2, False), (0.2, True)):
-            means = [statistics.mean(v) if (v := [r["metric"] for r in cells if r["method"] == m
-                                                  and r["distill"] == distill]) else float("nan") for m in methods]
-            left.bar([i + offset for i in range(len(methods))], means, width=0.4,
-                     label="with distillation" if distill else "without")
-        dense = [r["metric"] for r in records if r["task"] == task and r["method"] == "dense"]
-        if dense:
-            left.axhline(dense[0], color="black", linestyle="--", linewidth=1, label="dense")
-        left.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
         metric = metric_names[task]
-        left.set(title=f"{task}: {metric} at keep {KEEP:g} (test)", ylabel=metric)
-        if _lower_is_better(task):
-            left.set_yscale("log")
-        left.legend(fontsize=7)
+        _bars(axes[0], task_records, cells, methods, lambda r: r["metric"],
+              f"{task}: {metric} at keep {KEEP:g} (test)", _lower_is_better(task))
+        if with_loss:
+            _bars(axes[1], task_records, cells, methods, target_loss,
+                  "loss per target token, teacher-forced (lower is better)", False)
         for method in methods:
             points = [(r["uniqueness"], r["metric"]) for r in cells if r["method"] == method
                       and r.get("uniqueness") is not None]
             if points:
-                right.scatter(*zip(*points), label=method)
-        right.set(xlabel="uniqueness of the kept neurons", ylabel=metric, title="uniqueness against the metric")
-        right.legend(fontsize=7)
+                axes[-1].scatter(*zip(*points), label=method)
+        axes[-1].set(xlabel="uniqueness of the kept neurons", ylabel=metric, title="uniqueness against the metric")
+        axes[-1].legend(fontsize=7)
         figure.tight_layout()
         figure.savefig(results / f"claims-{task}.png", dpi=100)
         plt.close(figure)
-

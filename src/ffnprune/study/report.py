@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ffnprune.io.atomic import write_json_atomic  # noqa: E402
-from ffnprune.study.claims import check_claims, claims_table, plot_claims  # noqa: E402
+from ffnprune.study.claims import check_claims, claims_table, plot_claims, target_loss  # noqa: E402
 
 PRIMARY_METRIC = {"wikitext": "perplexity", "samsum": "rougeL", "wikisql": "exact_match", "e2e": "bleu"}
 
@@ -22,10 +22,6 @@ def _spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
-
-
-def _target_loss(record: dict) -> float | None:
-    return record.get("evaluation", {}).get("metrics", {}).get("target_loss")
 
 
 def _cell_text(records: list[dict], keep: float, value) -> str:
@@ -62,9 +58,9 @@ def write_report(results: Path, records: list[dict]) -> None:
             with_or_without = "with" if distill else "without"
             lines += _table(f"## {task}: {metric} on test, {with_or_without} distillation", cells, dense,
                             lambda r: r["metric"])
-            if any(_target_loss(r) is not None for r in cells):
+            if any(target_loss(r) is not None for r in cells):
                 lines += _table(f"{task}: loss per target token (teacher-forced, first reference, nats), "
-                                f"{with_or_without} distillation", cells, dense, _target_loss)
+                                f"{with_or_without} distillation", cells, dense, target_loss)
             _plot(results / f"{task}-{'kd' if distill else 'nokd'}.png", task, metric, cells, dense)
     lines.append("Each cell's record (configuration, evaluation, redundancy, training log) is in cells/.")
     (results / "table.md").write_text("\n".join(lines) + "\n")
