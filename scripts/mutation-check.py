@@ -97,15 +97,16 @@ MUTATIONS = {
         "src/ffnprune/evaluation/run.py", "random.Random(seed).sample(", "random.Random(0).sample(",
         "tests/test_study.py -k seeded"),
     "claims: a gap measured the wrong way round": (
-        CLAIMS, "difference = worse - better if _lower_is_better(task) else better - worse",
-        "difference = better - worse if _lower_is_better(task) else worse - better", STUDY_CLAIMS),
+        CLAIMS, "_units(task, behind) - _units(task, ahead)\n", "_units(task, ahead) - _units(task, behind)\n",
+        STUDY_CLAIMS),
     "claims: the seed spread not held against a gap": (
-        CLAIMS, "abs(gap) < 2 * spread", "abs(gap) < 0 * spread", STUDY_CLAIMS),
+        CLAIMS, "abs(lead) < 2 * spread", "abs(lead) < 0 * spread", STUDY_CLAIMS),
     "claims: random's 5% allowance removed": (CLAIMS, "NEARLY = 0.05", "NEARLY = 0.0", STUDY_CLAIMS),
     "claims: uniqueness compared the wrong way round": (
         CLAIMS, '"reproduced" if gum > movement', '"reproduced" if gum < movement', STUDY_CLAIMS),
     "claims: distillation's ranges compared the wrong way round": (
-        CLAIMS, "(ranges[False] - ranges[True]) / level", "(ranges[True] - ranges[False]) / level", STUDY_CLAIMS),
+        CLAIMS, "narrowed = (max(units[False]) - min(units[False])) - (max(units[True]) - min(units[True]))",
+        "narrowed = (max(units[True]) - min(units[True])) - (max(units[False]) - min(units[False]))", STUDY_CLAIMS),
     "analysis: the token budget counted in rows of --context": (
         "src/ffnprune/analysis/run.py", "examples.head_tokens(config.max_tokens)",
         "examples.head_tokens(config.max_tokens // config.context * 40)", "tests/test_analysis.py -k token_budget"),

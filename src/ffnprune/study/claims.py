@@ -7,13 +7,15 @@ metric: lower perplexity, higher ROUGE-L, exact match or BLEU; a gap is relative
 2. GUM wins: GUM ahead of every other fine-pruning method (random, magnitude, movement, global movement).
 3. Movement keeps redundant neurons and GUM fixes it: GUM's kept neurons more unique than movement's.
 4. Distillation narrows the gaps: the range of random, movement and GUM is smaller with distillation than without
-   (the change, relative to the metric, is held against the seed spread like the gaps).
+   (the change is held against the seed spread like the gaps).
 5. (Beyond the paper) one-shot obs + recovery against the best fine-pruning method at the same number of steps.
-A difference smaller than twice the seed spread measured on the cells that have two seeds is inconclusive.
+A difference smaller than twice the seed spread is inconclusive: the largest standard deviation over seeds of the
+task's two-seed cells, in points of the score or, for perplexity, in log perplexity (a ratio).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,31 +59,48 @@ def _shown(values: list[float]) -> str:
 
 
 def _gap(task: str, worse: float, better: float) -> float:
-    """How far `worse` is behind `better`, relative to `better` (negative: it is ahead); relative to `worse` where
-    `better` is 0 (an exact match of 0 is a real result on WikiSQL)."""
+    """How far `worse` is behind `better`, relative to the better of the two (negative: it is ahead)."""
     difference = worse - better if _lower_is_better(task) else better - worse
-    scale = abs(better) or abs(worse)
-    return difference / scale if scale else 0.0
+    leader = min(worse, better) if _lower_is_better(task) else max(worse, better)
+    return difference / abs(leader) if leader else 0.0
 
 
 def _ahead(gap: float) -> str:
     return f"{abs(gap):.1%} {'ahead' if gap >= 0 else 'behind'}"
 
 
+def _units(task: str, value: float) -> float:
+    """Where differences and the seed spread are compared: log perplexity (a ratio), or the score's own points (a
+    relative spread explodes near an exact match of 0)."""
+    return math.log(value) if _lower_is_better(task) else value
+
+
+def _lead(task: str, ahead: float, behind: float) -> float:
+    """How far `ahead` leads `behind`, in the task's units (negative: it trails)."""
+    return _units(task, ahead) - _units(task, behind) if not _lower_is_better(task) else \
+        _units(task, behind) - _units(task, ahead)
+
+
 def seed_spread(records: list[dict], task: str) -> float | None:
-    """The largest relative standard deviation among the task's cells that ran with more than one seed."""
+    """The largest standard deviation over seeds, in the task's units, among its cells that ran with several."""
     groups: dict[tuple, list[float]] = {}
     for r in records:
         if r["task"] == task and r["method"] != "dense":
-            groups.setdefault((r["method"], r["keep"], r["distill"]), []).append(r["metric"])
-    spreads = [statistics.stdev(v) / abs(_mean(v)) for v in groups.values() if len(v) > 1 and _mean(v)]
+            groups.setdefault((r["method"], r["keep"], r["distill"]), []).append(_units(task, r["metric"]))
+    spreads = [statistics.stdev(v) for v in groups.values() if len(v) > 1]
     return max(spreads) if spreads else None
 
 
-def _decide(gap: float, spread: float | None, holds: bool, *means: float) -> str:
+def _noise(task: str, spread: float | None) -> str:
+    if spread is None:
+        return "; one seed"
+    return f"; seed spread {spread:.1%}" if _lower_is_better(task) else f"; seed spread {spread:.2f} points"
+
+
+def _decide(lead: float, spread: float | None, holds: bool, *means: float) -> str:
     if means and not any(means):
         return "inconclusive at this budget (metric 0 everywhere)"
-    if spread is not None and abs(gap) < 2 * spread:
+    if spread is not None and abs(lead) < 2 * spread:
         return "inconclusive at this budget"
     return "reproduced" if holds else "not reproduced"
 
@@ -90,7 +109,7 @@ def check_claims(records: list[dict]) -> list[Verdict]:
     verdicts = []
     for task in dict.fromkeys(r["task"] for r in records):
         spread = seed_spread(records, task)
-        noise = f"; seed spread {spread:.1%}" if spread is not None else "; one seed"
+        noise = _noise(task, spread)
         verdicts += [_random_matches(records, task, spread, noise), _gum_wins(records, task, spread, noise),
                      _uniqueness(records, task), _distillation(records, task, spread, noise),
                      _obs(records, task, spread, noise)]
@@ -110,8 +129,10 @@ def _random_matches(records, task, spread, noise) -> Verdict:
     name = best(others, key=lambda m: _mean(others[m]))
     gap = _gap(task, _mean(random), _mean(others[name]))
     figures = f"random {_shown(random)}, {name} {_shown(others[name])}: random {_ahead(-gap)}{noise}"
-    return Verdict(claim, task, cells, figures,
-                   _decide(gap - NEARLY, spread, gap <= NEARLY, _mean(random), _mean(others[name])))
+    lead = _lead(task, _mean(others[name]), _mean(random))
+    allowance = math.log(1 + NEARLY) if _lower_is_better(task) else NEARLY * abs(_mean(others[name]))
+    return Verdict(claim, task, cells, figures, _decide(lead - allowance, spread, lead <= allowance, _mean(random),
+                                                        _mean(others[name])))
 
 
 def _gum_wins(records, task, spread, noise) -> Verdict:
@@ -124,7 +145,8 @@ def _gum_wins(records, task, spread, noise) -> Verdict:
     name = best(others, key=lambda m: _mean(others[m]))
     gap = _gap(task, _mean(others[name]), _mean(gum))  # positive: GUM ahead of the best other
     figures = f"GUM {_shown(gum)}, best other {name} {_shown(others[name])}: GUM {_ahead(gap)}{noise}"
-    return Verdict(claim, task, cells, figures, _decide(gap, spread, gap > 0, _mean(gum), _mean(others[name])))
+    lead = _lead(task, _mean(gum), _mean(others[name]))
+    return Verdict(claim, task, cells, figures, _decide(lead, spread, lead > 0, _mean(gum), _mean(others[name])))
 
 
 def _uniqueness(records, task) -> Verdict:
@@ -146,8 +168,8 @@ def _distillation(records, task, spread, noise) -> Verdict:
     if not all(len(v) == len(methods) for v in means.values()):
         return _missing(claim, task, cells)
     ranges = {d: max(v) - min(v) for d, v in means.items()}
-    level = abs(_mean(means[False] + means[True]))
-    narrowed = (ranges[False] - ranges[True]) / level if level else 0.0  # relative to the metric
+    units = {d: [_units(task, m) for m in v] for d, v in means.items()}
+    narrowed = (max(units[False]) - min(units[False])) - (max(units[True]) - min(units[True]))
     figures = f"range of the three: {ranges[False]:.2f} without, {ranges[True]:.2f} with distillation{noise}"
     return Verdict(claim, task, cells, figures, _decide(narrowed, spread, narrowed > 0, *means[False], *means[True]))
 
@@ -163,7 +185,8 @@ def _obs(records, task, spread, noise) -> Verdict:
     name = best(others, key=lambda m: _mean(others[m]))
     gap = _gap(task, _mean(others[name]), _mean(obs))
     figures = f"obs {_shown(obs)}, best fine-pruning {name} {_shown(others[name])}: obs {_ahead(gap)}{noise}"
-    verdict = _decide(gap, spread, gap > 0, _mean(obs), _mean(others[name]))
+    lead = _lead(task, _mean(obs), _mean(others[name]))
+    verdict = _decide(lead, spread, lead > 0, _mean(obs), _mean(others[name]))
     return Verdict(claim, task, cells, figures, {"reproduced": "obs ahead", "not reproduced": "obs behind"}
                    .get(verdict, verdict))
 
