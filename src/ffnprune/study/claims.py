@@ -52,10 +52,11 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values)
 
 
-def _shown(values: list[float]) -> str:
-    if len(values) > 1:
-        return f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}"
-    return f"{values[0]:.2f}"
+def shown(values: list[float], count: bool = False) -> str:
+    """One value, or the mean ± the standard deviation over seeds (and, with `count`, how many)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}" + (f" (n={len(values)})" if count else "")
 
 
 def _gap(task: str, worse: float, better: float) -> float:
@@ -63,6 +64,11 @@ def _gap(task: str, worse: float, better: float) -> float:
     difference = worse - better if _lower_is_better(task) else better - worse
     leader = min(worse, better) if _lower_is_better(task) else max(worse, better)
     return difference / abs(leader) if leader else 0.0
+
+
+def _best(task: str, groups: dict[str, list[float]]) -> str:
+    """The method whose mean is best in the task's direction."""
+    return (min if _lower_is_better(task) else max)(groups, key=lambda m: _mean(groups[m]))
 
 
 def _ahead(gap: float) -> str:
@@ -125,10 +131,9 @@ def _random_matches(records, task, spread, noise) -> Verdict:
     random, others = _values(records, task, "random"), {m: _values(records, task, m) for m in ("magnitude", "movement")}
     if not random or not all(others.values()):
         return _missing(claim, task, cells)
-    best = min if _lower_is_better(task) else max
-    name = best(others, key=lambda m: _mean(others[m]))
+    name = _best(task, others)
     gap = _gap(task, _mean(random), _mean(others[name]))
-    figures = f"random {_shown(random)}, {name} {_shown(others[name])}: random {_ahead(-gap)}{noise}"
+    figures = f"random {shown(random)}, {name} {shown(others[name])}: random {_ahead(-gap)}{noise}"
     lead = _lead(task, _mean(others[name]), _mean(random))
     allowance = math.log(1 + NEARLY) if _lower_is_better(task) else NEARLY * abs(_mean(others[name]))
     return Verdict(claim, task, cells, figures, _decide(lead - allowance, spread, lead <= allowance, _mean(random),
@@ -141,10 +146,9 @@ def _gum_wins(records, task, spread, noise) -> Verdict:
     others = {m: _values(records, task, m) for m in FINE_PRUNING if m != "gum"}
     if not gum or not all(others.values()):
         return _missing(claim, task, cells)
-    best = min if _lower_is_better(task) else max
-    name = best(others, key=lambda m: _mean(others[m]))
+    name = _best(task, others)
     gap = _gap(task, _mean(others[name]), _mean(gum))  # positive: GUM ahead of the best other
-    figures = f"GUM {_shown(gum)}, best other {name} {_shown(others[name])}: GUM {_ahead(gap)}{noise}"
+    figures = f"GUM {shown(gum)}, best other {name} {shown(others[name])}: GUM {_ahead(gap)}{noise}"
     lead = _lead(task, _mean(gum), _mean(others[name]))
     return Verdict(claim, task, cells, figures, _decide(lead, spread, lead > 0, _mean(gum), _mean(others[name])))
 
@@ -181,10 +185,9 @@ def _obs(records, task, spread, noise) -> Verdict:
     others = {m: v for m, v in others.items() if v}
     if not obs or not others:
         return _missing(claim, task, cells)
-    best = min if _lower_is_better(task) else max
-    name = best(others, key=lambda m: _mean(others[m]))
+    name = _best(task, others)
     gap = _gap(task, _mean(others[name]), _mean(obs))
-    figures = f"obs {_shown(obs)}, best fine-pruning {name} {_shown(others[name])}: obs {_ahead(gap)}{noise}"
+    figures = f"obs {shown(obs)}, best fine-pruning {name} {shown(others[name])}: obs {_ahead(gap)}{noise}"
     lead = _lead(task, _mean(obs), _mean(others[name]))
     verdict = _decide(lead, spread, lead > 0, _mean(obs), _mean(others[name]))
     return Verdict(claim, task, cells, figures, {"reproduced": "obs ahead", "not reproduced": "obs behind"}

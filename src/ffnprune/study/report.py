@@ -13,15 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ffnprune.io.atomic import write_json_atomic  # noqa: E402
-from ffnprune.study.claims import check_claims, claims_table, plot_claims, target_loss  # noqa: E402
+from ffnprune.study.claims import check_claims, claims_table, plot_claims, shown, target_loss  # noqa: E402
 
 PRIMARY_METRIC = {"wikitext": "perplexity", "samsum": "rougeL", "wikisql": "exact_match", "e2e": "bleu"}
-
-
-def _spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
 def _cell_text(records: list[dict], keep: float, value) -> str:
@@ -29,7 +23,7 @@ def _cell_text(records: list[dict], keep: float, value) -> str:
     values = [v for r in records if (v := value(r)) is not None]
     if not values:
         return ""
-    text = _spread(values)
+    text = shown(values, count=True)
     kept = statistics.mean(r["keep_actual"] for r in records)
     return text if abs(kept - keep) < 0.005 else f"{text} (kept {kept:.2f})"
 
@@ -38,7 +32,7 @@ def _table(title: str, cells: list[dict], dense: list[dict], value) -> list[str]
     keeps = sorted({r["keep"] for r in cells}, reverse=True)
     lines = [title, "", "| method | " + " | ".join(f"keep {k:g}" for k in keeps) + " |", "|---|" + "---|" * len(keeps)]
     if dense and value(dense[0]) is not None:
-        lines.append("| dense (reference) | " + " | ".join(_spread([value(dense[0])]) for _ in keeps) + " |")
+        lines.append("| dense (reference) | " + " | ".join(shown([value(dense[0])]) for _ in keeps) + " |")
     grouped = defaultdict(list)
     for r in cells:
         grouped[(r["method"], r["keep"])].append(r)

@@ -30,14 +30,16 @@ class Examples:
         """The fewest leading rows that hold `tokens` real (unpadded) tokens, or all rows: a budget in tokens means
         the same on WikiText's full blocks and on WikiSQL's rows of a few dozen tokens."""
         held = self.attention_mask.sum(dim=1).cumsum(dim=0)
-        count = int((held < tokens).sum()) + 1
-        return Examples(self.input_ids[:count], self.attention_mask[:count], self.labels[:count])
+        return self._rows(slice(0, int((held < tokens).sum()) + 1))
 
     def sample(self, count: int, seed: int) -> Examples:
         """`count` rows drawn without replacement with `seed`, in their original order (all rows if fewer)."""
         if count >= len(self):
             return self
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        drawn = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
+        return self._rows(drawn.sort().values)
+
+    def _rows(self, index) -> Examples:
         return Examples(self.input_ids[index], self.attention_mask[index], self.labels[index])
 
     @classmethod
