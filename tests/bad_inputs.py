@@ -243,6 +243,15 @@ CASES = (
          "--full scores every item and --limit the first N"),
     Case("evaluate: --full on a task that is not zero-shot", ("evaluate", "{dense}", "--full"),
          "--full applies to the zero-shot tasks"),
+    Case("evaluate: --sample-seed without --limit", ("evaluate", "{dense}", "--task", "samsum", "--data", "{data}",
+                                                      "--sample-seed", "0"), "give --limit N too"),
+    Case("evaluate: --sample-seed on a zero-shot task", ("evaluate", "{dense}", "--task", "piqa", "--limit", "5",
+                                                          "--sample-seed", "0"), "zero-shot tasks score the first"),
+    Case("--train-rows with --train-data", ("prune", "{dense}", "--steps", "4", "--train-rows", "8", "--train-data",
+                                            "generated", "--train-tokens", "8192", "--out", "{tmp}/out"),
+         "--train-rows draws rows"),
+    Case("--train-rows without training", ("prune", "{dense}", "--train-rows", "8", "--method", "obs", "--out",
+                                           "{tmp}/out"), "--train-rows draws rows"),
 )
 
 
