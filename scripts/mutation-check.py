@@ -25,7 +25,9 @@ SHARDING = "src/ffnprune/training/sharding.py"
 FSDP_TESTS = "tests/test_distributed.py -k fsdp"
 CLAIMS = "src/ffnprune/study/claims.py"
 STUDY_CLAIMS = ("tests/test_study.py::test_claims_follow_their_rules_in_each_metrics_direction "
-                "tests/test_study.py::test_claims_at_an_exact_match_of_zero_are_inconclusive_not_a_division_by_zero")
+                "tests/test_study.py::test_claims_at_an_exact_match_of_zero_are_inconclusive_not_a_division_by_zero "
+                "tests/test_study.py::test_the_loss_per_target_token_vetoes_a_metric_it_contradicts_and_decides_where"
+                "_the_metric_is_zero")
 # name: (file, text, replacement, tests to run)
 MUTATIONS = {
     "obs greedy update of the weights removed": (
@@ -97,8 +99,15 @@ MUTATIONS = {
         "src/ffnprune/evaluation/run.py", "random.Random(seed).sample(", "random.Random(0).sample(",
         "tests/test_study.py -k seeded"),
     "claims: a gap measured the wrong way round": (
-        CLAIMS, "_units(task, behind) - _units(task, ahead)\n", "_units(task, ahead) - _units(task, behind)\n",
-        STUDY_CLAIMS),
+        CLAIMS, "return -difference if self.lower_is_better else difference",
+        "return difference if self.lower_is_better else -difference", STUDY_CLAIMS),
+    "claims: the loss per target token's veto removed": (
+        CLAIMS, "if verdict in CONCLUSIVE and by_loss.verdict in CONCLUSIVE", "if False", STUDY_CLAIMS),
+    "claims: the loss per target token taken as a score (higher is better)": (
+        CLAIMS, 'return self.kind != "score"', 'return self.kind == "perplexity"', STUDY_CLAIMS),
+    "claims: the loss's 5% allowance in nats of loss instead of a perplexity ratio": (
+        CLAIMS, 'return NEARLY * abs(best) if self.kind == "score"',
+        'return NEARLY * abs(best) if self.kind != "perplexity"', STUDY_CLAIMS),
     "claims: the seed spread not held against a gap": (
         CLAIMS, "abs(lead) < 2 * spread", "abs(lead) < 0 * spread", STUDY_CLAIMS),
     "claims: random's 5% allowance removed": (CLAIMS, "NEARLY = 0.05", "NEARLY = 0.0", STUDY_CLAIMS),

@@ -207,9 +207,12 @@ def test_the_v2_plan_is_the_grid_the_claims_need():
     assert {c.task for c in study.cells if c.keep == 0.5} == {"wikitext"}
 
 
-def _record(task, method, metric, distill=False, seed=0, uniqueness=None, keep=0.25):
-    return {"task": task, "method": method, "metric": metric, "distill": distill, "seed": seed, "keep": keep,
-            "uniqueness": uniqueness}
+def _record(task, method, metric, distill=False, seed=0, uniqueness=None, keep=0.25, loss=None):
+    record = {"task": task, "method": method, "metric": metric, "distill": distill, "seed": seed, "keep": keep,
+              "uniqueness": uniqueness}
+    if loss is not None:
+        record["evaluation"] = {"metrics": {"target_loss": loss}}
+    return record
 
 
 def test_claims_follow_their_rules_in_each_metrics_direction():
@@ -255,3 +258,33 @@ def test_claims_at_an_exact_match_of_zero_are_inconclusive_not_a_division_by_zer
     assert verdicts["5"].verdict == "obs ahead" and "seed spread 1.41 points" in verdicts["5"].figures
     assert verdicts["4"].verdict == "reproduced"  # range 7 without, 0 with distillation: more than 2 x 1.41
 
+
+
+def test_the_loss_per_target_token_vetoes_a_metric_it_contradicts_and_decides_where_the_metric_is_zero():
+    """ROUGE rewards a string of stopwords: on SAMSum a collapsed random model ("to... the... is...") out-scored
+    movement. The loss per target token (a log perplexity, lower is better, compared in nats) catches it."""
+    from ffnprune.study.claims import check_claims
+
+    figures = (("random", 13.8, 8.4), ("magnitude", 12.2, 9.2), ("movement", 10.7, 5.9),
+               ("global-movement", 11.0, 5.0), ("gum", 12.0, 4.0), ("obs", 14.0, 2.0))
+    records = [_record("samsum", m, v, loss=loss) for m, v, loss in figures]
+    records += [_record("samsum", "random", 13.6, seed=1, loss=8.2)]  # seed spreads 0.14 points and 0.14 nats
+    verdicts = {v.claim[0]: v for v in check_claims(records)}
+    assert "disagree" in verdicts["1"].verdict  # ROUGE-L: random ahead of magnitude; loss: 2.4 nats behind movement
+    assert "random 2.40 nats behind; seed spread 0.14 nats" in verdicts["1"].figures
+    assert "disagree" in verdicts["2"].verdict  # ROUGE-L: GUM behind random; loss: 1.0 nats ahead of global movement
+    assert verdicts["5"].verdict == "obs ahead"  # both agree
+    for record in records:
+        del record["evaluation"]
+    verdicts = {v.claim[0]: v.verdict for v in check_claims(records)}
+    assert verdicts["1"] == "reproduced" and verdicts["2"] == "not reproduced"  # the metric alone
+
+    zeros = [_record("wikisql", m, 0.0, loss=loss) for m, _, loss in figures]
+    verdicts = {v.claim[0]: v.verdict for v in check_claims(zeros)}
+    assert verdicts["1"] == "not reproduced (on the loss per target token; the metric is 0 everywhere)"
+    assert verdicts["2"].startswith("reproduced (on the loss") and verdicts["5"].startswith("obs ahead (on the loss")
+    zeros[0]["evaluation"]["metrics"]["target_loss"] = 6.0  # 0.1 nats behind movement: 10.5% in perplexity, not 5%
+    assert {v.claim[0]: v.verdict for v in check_claims(zeros)}["1"].startswith("not reproduced (on the loss")
+    zeros += [_record("wikisql", "random", 0.0, seed=1, loss=7.0)]  # now 0.6 nats behind, within a spread of 0.71
+    verdicts = {v.claim[0]: v.verdict for v in check_claims(zeros)}
+    assert verdicts["1"] == "inconclusive at this budget (metric 0 everywhere)"

@@ -10,7 +10,9 @@ metric: lower perplexity, higher ROUGE-L, exact match or BLEU; a gap is relative
    (the change is held against the seed spread like the gaps).
 5. (Beyond the paper) one-shot obs + recovery against the best fine-pruning method at the same number of steps.
 A difference smaller than twice the seed spread is inconclusive: the largest standard deviation over seeds of the
-task's two-seed cells, in points of the score or, for perplexity, in log perplexity (a ratio).
+task's two-seed cells, in points of the score or, for perplexity, in log perplexity (a ratio). On a generation task
+each claim is also checked on the loss per target token: where the two disagree the verdict is inconclusive, and
+where the metric is 0 everywhere the loss decides.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 NEARLY = 0.05  # claim 1: "nearly matches" is within 5%
 FINE_PRUNING = ("random", "magnitude", "movement", "global-movement", "gum")
 KEEP = 0.25
+CONCLUSIVE = ("reproduced", "not reproduced", "obs ahead", "obs behind")
+ZERO_EVERYWHERE = "inconclusive at this budget (metric 0 everywhere)"
 
 
 @dataclass
@@ -39,13 +43,77 @@ class Verdict:
     verdict: str
 
 
-def _lower_is_better(task: str) -> bool:
-    return task == "wikitext"
+def target_loss(record: dict) -> float | None:
+    """A generation task's loss per target token under teacher forcing, where the record has it."""
+    return record.get("evaluation", {}).get("metrics", {}).get("target_loss")
 
 
-def _values(records: list[dict], task: str, method: str, distill: bool = False, keep: float = KEEP) -> list[float]:
-    return [r["metric"] for r in records if r["task"] == task and r["method"] == method and r["distill"] == distill
-            and r["keep"] == keep]
+@dataclass(frozen=True)
+class Measure:
+    """What a claim compares. Differences and the seed spread are held in `units`: a score's own points (a relative
+    spread explodes near an exact match of 0), log perplexity (a ratio), or the loss per target token, already a log."""
+
+    kind: str  # "score" (higher is better), "perplexity" or "loss" (lower is better)
+
+    def value(self, record: dict) -> float | None:
+        return target_loss(record) if self.kind == "loss" else record["metric"]
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.kind != "score"
+
+    def units(self, value: float) -> float:
+        return math.log(value) if self.kind == "perplexity" else value
+
+    def lead(self, ahead: float, behind: float) -> float:
+        """How far `ahead` leads `behind`, in units (negative: it trails)."""
+        difference = self.units(ahead) - self.units(behind)
+        return -difference if self.lower_is_better else difference
+
+    def allowance(self, best: float) -> float:
+        """Claim 1's "within 5%", in units: of the score, or of the perplexity (a ratio)."""
+        return NEARLY * abs(best) if self.kind == "score" else math.log(1 + NEARLY)
+
+    def ahead(self, lead: float, ahead: float, behind: float) -> str:
+        """A lead as a reader takes it: relative to the better of the two, or in nats of loss."""
+        side = "ahead" if lead >= 0 else "behind"
+        if self.kind == "loss":
+            return f"{abs(lead):.2f} nats {side}"
+        if self.kind == "perplexity":
+            return f"{math.expm1(abs(lead)):.1%} {side}"
+        leader = max(ahead, behind)
+        return f"{abs(lead) / abs(leader) if leader else 0.0:.1%} {side}"
+
+    def noise(self, spread: float | None) -> str:
+        if spread is None:
+            return "; one seed"
+        return {"score": f"; seed spread {spread:.2f} points", "perplexity": f"; seed spread {spread:.1%}",
+                "loss": f"; seed spread {spread:.2f} nats"}[self.kind]
+
+    def best(self, groups: dict[str, list[float]]) -> str:
+        """The method whose mean is best."""
+        return (min if self.lower_is_better else max)(groups, key=lambda m: _mean(groups[m]))
+
+    def values(self, records: list[dict], task: str, method: str, distill: bool = False,
+               keep: float = KEEP) -> list[float]:
+        return [self.value(r) for r in records if r["task"] == task and r["method"] == method
+                and r["distill"] == distill and r["keep"] == keep]
+
+    def seed_spread(self, records: list[dict], task: str) -> float | None:
+        """The largest standard deviation over seeds, in units, among the task's cells that ran with several."""
+        groups: dict[tuple, list[float]] = {}
+        for r in records:
+            if r["task"] == task and r["method"] != "dense":
+                groups.setdefault((r["method"], r["keep"], r["distill"]), []).append(self.units(self.value(r)))
+        spreads = [statistics.stdev(v) for v in groups.values() if len(v) > 1]
+        return max(spreads) if spreads else None
+
+
+LOSS = Measure("loss")
+
+
+def _metric(task: str) -> Measure:
+    return Measure("perplexity" if task == "wikitext" else "score")
 
 
 def _mean(values: list[float]) -> float:
@@ -59,101 +127,74 @@ def shown(values: list[float], count: bool = False) -> str:
     return f"{_mean(values):.2f} ± {statistics.stdev(values):.2f}" + (f" (n={len(values)})" if count else "")
 
 
-def _gap(task: str, worse: float, better: float) -> float:
-    """How far `worse` is behind `better`, relative to the better of the two (negative: it is ahead)."""
-    difference = worse - better if _lower_is_better(task) else better - worse
-    leader = min(worse, better) if _lower_is_better(task) else max(worse, better)
-    return difference / abs(leader) if leader else 0.0
-
-
-def _best(task: str, groups: dict[str, list[float]]) -> str:
-    """The method whose mean is best in the task's direction."""
-    return (min if _lower_is_better(task) else max)(groups, key=lambda m: _mean(groups[m]))
-
-
-def _ahead(gap: float) -> str:
-    return f"{abs(gap):.1%} {'ahead' if gap >= 0 else 'behind'}"
-
-
-def _units(task: str, value: float) -> float:
-    """Where differences and the seed spread are compared: log perplexity (a ratio), or the score's own points (a
-    relative spread explodes near an exact match of 0)."""
-    return math.log(value) if _lower_is_better(task) else value
-
-
-def _lead(task: str, ahead: float, behind: float) -> float:
-    """How far `ahead` leads `behind`, in the task's units (negative: it trails)."""
-    return _units(task, ahead) - _units(task, behind) if not _lower_is_better(task) else \
-        _units(task, behind) - _units(task, ahead)
-
-
-def seed_spread(records: list[dict], task: str) -> float | None:
-    """The largest standard deviation over seeds, in the task's units, among its cells that ran with several."""
-    groups: dict[tuple, list[float]] = {}
-    for r in records:
-        if r["task"] == task and r["method"] != "dense":
-            groups.setdefault((r["method"], r["keep"], r["distill"]), []).append(_units(task, r["metric"]))
-    spreads = [statistics.stdev(v) for v in groups.values() if len(v) > 1]
-    return max(spreads) if spreads else None
-
-
-def _noise(task: str, spread: float | None) -> str:
-    if spread is None:
-        return "; one seed"
-    return f"; seed spread {spread:.1%}" if _lower_is_better(task) else f"; seed spread {spread:.2f} points"
-
-
 def _decide(lead: float, spread: float | None, holds: bool, *means: float) -> str:
     if means and not any(means):
-        return "inconclusive at this budget (metric 0 everywhere)"
+        return ZERO_EVERYWHERE
     if spread is not None and abs(lead) < 2 * spread:
         return "inconclusive at this budget"
     return "reproduced" if holds else "not reproduced"
 
 
 def check_claims(records: list[dict]) -> list[Verdict]:
+    """Each claim on each task, on the task's metric; on a generation task also on the loss per target token, which
+    vetoes a verdict it contradicts (ROUGE rewards a string of stopwords: a collapsed model can out-score a working
+    one) and decides where the metric is 0 everywhere."""
     verdicts = []
     for task in dict.fromkeys(r["task"] for r in records):
-        spread = seed_spread(records, task)
-        noise = _noise(task, spread)
-        verdicts += [_random_matches(records, task, spread, noise), _gum_wins(records, task, spread, noise),
-                     _uniqueness(records, task), _distillation(records, task, spread, noise),
-                     _obs(records, task, spread, noise)]
+        cells = [r for r in records if r["task"] == task and r["method"] != "dense"]
+        with_loss = task != "wikitext" and all(target_loss(r) is not None for r in cells)
+        for claim in (_random_matches, _gum_wins, _uniqueness, _distillation, _obs):
+            verdict = claim(records, task, _metric(task))
+            if with_loss and claim is not _uniqueness and verdict.verdict != "not run yet":
+                verdict = _checked_by_loss(verdict, claim(records, task, LOSS))
+            verdicts.append(verdict)
     return verdicts
+
+
+def _checked_by_loss(by_metric: Verdict, by_loss: Verdict) -> Verdict:
+    verdict = by_metric.verdict
+    if verdict in CONCLUSIVE and by_loss.verdict in CONCLUSIVE and by_loss.verdict != verdict:
+        verdict = "inconclusive at this budget (the metric and the loss per target token disagree)"
+    elif verdict == ZERO_EVERYWHERE and by_loss.verdict in CONCLUSIVE:
+        verdict = f"{by_loss.verdict} (on the loss per target token; the metric is 0 everywhere)"
+    figures = f"{by_metric.figures}. Loss per target token: {by_loss.figures}"
+    return Verdict(by_metric.claim, by_metric.task, by_metric.cells, figures, verdict)
 
 
 def _missing(claim: str, task: str, cells: str) -> Verdict:
     return Verdict(claim, task, cells, "", "not run yet")
 
 
-def _random_matches(records, task, spread, noise) -> Verdict:
+def _random_matches(records, task, measure: Measure) -> Verdict:
     claim, cells = "1. random nearly matches the established methods", "random, magnitude, movement"
-    random, others = _values(records, task, "random"), {m: _values(records, task, m) for m in ("magnitude", "movement")}
+    random = measure.values(records, task, "random")
+    others = {m: measure.values(records, task, m) for m in ("magnitude", "movement")}
     if not random or not all(others.values()):
         return _missing(claim, task, cells)
-    name = _best(task, others)
-    gap = _gap(task, _mean(random), _mean(others[name]))
-    figures = f"random {shown(random)}, {name} {shown(others[name])}: random {_ahead(-gap)}{noise}"
-    lead = _lead(task, _mean(others[name]), _mean(random))
-    allowance = math.log(1 + NEARLY) if _lower_is_better(task) else NEARLY * abs(_mean(others[name]))
-    return Verdict(claim, task, cells, figures, _decide(lead - allowance, spread, lead <= allowance, _mean(random),
-                                                        _mean(others[name])))
+    name = measure.best(others)
+    best, spread = _mean(others[name]), measure.seed_spread(records, task)
+    lead = measure.lead(_mean(random), best)
+    figures = (f"random {shown(random)}, {name} {shown(others[name])}: random "
+               f"{measure.ahead(lead, _mean(random), best)}{measure.noise(spread)}")
+    margin = lead + measure.allowance(best)
+    return Verdict(claim, task, cells, figures, _decide(margin, spread, margin >= 0, _mean(random), best))
 
 
-def _gum_wins(records, task, spread, noise) -> Verdict:
+def _gum_wins(records, task, measure: Measure) -> Verdict:
     claim, cells = "2. GUM wins", "GUM against random, magnitude, movement, global movement"
-    gum = _values(records, task, "gum")
-    others = {m: _values(records, task, m) for m in FINE_PRUNING if m != "gum"}
+    gum = measure.values(records, task, "gum")
+    others = {m: measure.values(records, task, m) for m in FINE_PRUNING if m != "gum"}
     if not gum or not all(others.values()):
         return _missing(claim, task, cells)
-    name = _best(task, others)
-    gap = _gap(task, _mean(others[name]), _mean(gum))  # positive: GUM ahead of the best other
-    figures = f"GUM {shown(gum)}, best other {name} {shown(others[name])}: GUM {_ahead(gap)}{noise}"
-    lead = _lead(task, _mean(gum), _mean(others[name]))
-    return Verdict(claim, task, cells, figures, _decide(lead, spread, lead > 0, _mean(gum), _mean(others[name])))
+    name = measure.best(others)
+    best, spread = _mean(others[name]), measure.seed_spread(records, task)
+    lead = measure.lead(_mean(gum), best)
+    figures = (f"GUM {shown(gum)}, best other {name} {shown(others[name])}: GUM "
+               f"{measure.ahead(lead, _mean(gum), best)}{measure.noise(spread)}")
+    return Verdict(claim, task, cells, figures, _decide(lead, spread, lead > 0, _mean(gum), best))
 
 
-def _uniqueness(records, task) -> Verdict:
+def _uniqueness(records, task, measure: Measure) -> Verdict:
     claim, cells = "3. movement keeps redundant neurons, GUM fixes it", "uniqueness of GUM and movement"
     values = {m: [r["uniqueness"] for r in records if r["task"] == task and r["method"] == m and not r["distill"]
                   and r["keep"] == KEEP and r.get("uniqueness") is not None] for m in ("gum", "movement")}
@@ -164,32 +205,34 @@ def _uniqueness(records, task) -> Verdict:
     return Verdict(claim, task, cells, figures, "reproduced" if gum > movement else "not reproduced")
 
 
-def _distillation(records, task, spread, noise) -> Verdict:
+def _distillation(records, task, measure: Measure) -> Verdict:
     claim, cells = "4. distillation narrows the gaps", "random, movement, GUM with and without distillation"
     methods = ("random", "movement", "gum")
-    means = {distill: [_mean(v) for m in methods if (v := _values(records, task, m, distill))]
+    means = {distill: [_mean(v) for m in methods if (v := measure.values(records, task, m, distill))]
              for distill in (False, True)}
     if not all(len(v) == len(methods) for v in means.values()):
         return _missing(claim, task, cells)
+    spread = measure.seed_spread(records, task)
     ranges = {d: max(v) - min(v) for d, v in means.items()}
-    units = {d: [_units(task, m) for m in v] for d, v in means.items()}
+    units = {d: [measure.units(m) for m in v] for d, v in means.items()}
     narrowed = (max(units[False]) - min(units[False])) - (max(units[True]) - min(units[True]))
-    figures = f"range of the three: {ranges[False]:.2f} without, {ranges[True]:.2f} with distillation{noise}"
+    figures = f"range of the three: {ranges[False]:.2f} without, {ranges[True]:.2f} with distillation" \
+              f"{measure.noise(spread)}"
     return Verdict(claim, task, cells, figures, _decide(narrowed, spread, narrowed > 0, *means[False], *means[True]))
 
 
-def _obs(records, task, spread, noise) -> Verdict:
+def _obs(records, task, measure: Measure) -> Verdict:
     claim, cells = "5. (ours) obs + recovery against fine-pruning, same steps", "obs; the best fine-pruning method"
-    obs = _values(records, task, "obs")
-    others = {m: _values(records, task, m) for m in FINE_PRUNING}
-    others = {m: v for m, v in others.items() if v}
+    obs = measure.values(records, task, "obs")
+    others = {m: v for m in FINE_PRUNING if (v := measure.values(records, task, m))}
     if not obs or not others:
         return _missing(claim, task, cells)
-    name = _best(task, others)
-    gap = _gap(task, _mean(others[name]), _mean(obs))
-    figures = f"obs {shown(obs)}, best fine-pruning {name} {shown(others[name])}: obs {_ahead(gap)}{noise}"
-    lead = _lead(task, _mean(obs), _mean(others[name]))
-    verdict = _decide(lead, spread, lead > 0, _mean(obs), _mean(others[name]))
+    name = measure.best(others)
+    best, spread = _mean(others[name]), measure.seed_spread(records, task)
+    lead = measure.lead(_mean(obs), best)
+    figures = (f"obs {shown(obs)}, best fine-pruning {name} {shown(others[name])}: obs "
+               f"{measure.ahead(lead, _mean(obs), best)}{measure.noise(spread)}")
+    verdict = _decide(lead, spread, lead > 0, _mean(obs), best)
     return Verdict(claim, task, cells, figures, {"reproduced": "obs ahead", "not reproduced": "obs behind"}
                    .get(verdict, verdict))
 
@@ -198,11 +241,6 @@ def claims_table(verdicts: list[Verdict]) -> str:
     lines = ["| claim | task | cells | our figures (test) | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {v.claim} | {v.task} | {v.cells} | {v.figures} | {v.verdict} |" for v in verdicts]
     return "\n".join(lines) + "\n"
-
-
-def target_loss(record: dict) -> float | None:
-    """A generation task's loss per target token under teacher forcing, where the record has it."""
-    return record.get("evaluation", {}).get("metrics", {}).get("target_loss")
 
 
 def _bars(axis, records: list[dict], cells: list[dict], methods: list[str], value, title: str, log: bool) -> None:
@@ -235,7 +273,7 @@ def plot_claims(results: Path, records: list[dict], metric_names: dict[str, str]
         methods = list(dict.fromkeys(r["method"] for r in cells))
         metric = metric_names[task]
         _bars(axes[0], task_records, cells, methods, lambda r: r["metric"],
-              f"{task}: {metric} at keep {KEEP:g} (test)", _lower_is_better(task))
+              f"{task}: {metric} at keep {KEEP:g} (test)", _metric(task).lower_is_better)
         if with_loss:
             _bars(axes[1], task_records, cells, methods, target_loss,
                   "loss per target token, teacher-forced (lower is better)", False)
