@@ -161,6 +161,17 @@ def _checked_by_loss(by_metric: Verdict, by_loss: Verdict) -> Verdict:
     return Verdict(by_metric.claim, by_metric.task, by_metric.cells, figures, verdict)
 
 
+def _against_best(measure: Measure, records, task, name: str, values: list[float], others: dict[str, list[float]],
+                  label: str) -> tuple[float, float, float | None, str]:
+    """`name`'s mean against the best of `others`: its lead in units, the best's mean, the seed spread, the figures."""
+    best_name = measure.best(others)
+    best, spread = _mean(others[best_name]), measure.seed_spread(records, task)
+    lead = measure.lead(_mean(values), best)
+    figures = (f"{name} {shown(values)}, {label}{best_name} {shown(others[best_name])}: {name} "
+               f"{measure.ahead(lead, _mean(values), best)}{measure.noise(spread)}")
+    return lead, best, spread, figures
+
+
 def _missing(claim: str, task: str, cells: str) -> Verdict:
     return Verdict(claim, task, cells, "", "not run yet")
 
@@ -171,11 +182,7 @@ def _random_matches(records, task, measure: Measure) -> Verdict:
     others = {m: measure.values(records, task, m) for m in ("magnitude", "movement")}
     if not random or not all(others.values()):
         return _missing(claim, task, cells)
-    name = measure.best(others)
-    best, spread = _mean(others[name]), measure.seed_spread(records, task)
-    lead = measure.lead(_mean(random), best)
-    figures = (f"random {shown(random)}, {name} {shown(others[name])}: random "
-               f"{measure.ahead(lead, _mean(random), best)}{measure.noise(spread)}")
+    lead, best, spread, figures = _against_best(measure, records, task, "random", random, others, "")
     margin = lead + measure.allowance(best)
     return Verdict(claim, task, cells, figures, _decide(margin, spread, margin >= 0, _mean(random), best))
 
@@ -186,11 +193,7 @@ def _gum_wins(records, task, measure: Measure) -> Verdict:
     others = {m: measure.values(records, task, m) for m in FINE_PRUNING if m != "gum"}
     if not gum or not all(others.values()):
         return _missing(claim, task, cells)
-    name = measure.best(others)
-    best, spread = _mean(others[name]), measure.seed_spread(records, task)
-    lead = measure.lead(_mean(gum), best)
-    figures = (f"GUM {shown(gum)}, best other {name} {shown(others[name])}: GUM "
-               f"{measure.ahead(lead, _mean(gum), best)}{measure.noise(spread)}")
+    lead, best, spread, figures = _against_best(measure, records, task, "GUM", gum, others, "best other ")
     return Verdict(claim, task, cells, figures, _decide(lead, spread, lead > 0, _mean(gum), best))
 
 
@@ -227,11 +230,7 @@ def _obs(records, task, measure: Measure) -> Verdict:
     others = {m: v for m in FINE_PRUNING if (v := measure.values(records, task, m))}
     if not obs or not others:
         return _missing(claim, task, cells)
-    name = measure.best(others)
-    best, spread = _mean(others[name]), measure.seed_spread(records, task)
-    lead = measure.lead(_mean(obs), best)
-    figures = (f"obs {shown(obs)}, best fine-pruning {name} {shown(others[name])}: obs "
-               f"{measure.ahead(lead, _mean(obs), best)}{measure.noise(spread)}")
+    lead, best, spread, figures = _against_best(measure, records, task, "obs", obs, others, "best fine-pruning ")
     verdict = _decide(lead, spread, lead > 0, _mean(obs), best)
     return Verdict(claim, task, cells, figures, {"reproduced": "obs ahead", "not reproduced": "obs behind"}
                    .get(verdict, verdict))
