@@ -271,8 +271,9 @@ def plot_claims(results: Path, records: list[dict], metric_names: dict[str, str]
         figure, axes = plt.subplots(1, 2 + with_loss, figsize=(5.5 * (2 + with_loss), 3.8))
         methods = list(dict.fromkeys(r["method"] for r in cells))
         metric = metric_names[task]
+        perplexity_like = _metric(task).lower_is_better
         _bars(axes[0], task_records, cells, methods, lambda r: r["metric"],
-              f"{task}: {metric} at keep {KEEP:g} (test)", _metric(task).lower_is_better)
+              f"{task}: {metric} at keep {KEEP:g} (test)", perplexity_like)
         if with_loss:
             _bars(axes[1], task_records, cells, methods, target_loss,
                   "loss per target token, teacher-forced (lower is better)", False)
@@ -282,6 +283,8 @@ def plot_claims(results: Path, records: list[dict], metric_names: dict[str, str]
             if points:
                 axes[-1].scatter(*zip(*points), label=method)
         axes[-1].set(xlabel="uniqueness of the kept neurons", ylabel=metric, title="uniqueness against the metric")
+        if perplexity_like:
+            axes[-1].set_yscale("log")
         axes[-1].legend(fontsize=7)
         figure.tight_layout()
         figure.savefig(results / f"claims-{task}.png", dpi=100)
